@@ -1,0 +1,3 @@
+"""Fixtures shared by every test tier (real PostgreSQL, RabbitMQ and S3)."""
+
+pytest_plugins = ("servicekit.testing",)

@@ -1,0 +1,1 @@
+"""Contracts shared by Real Staging services: events, topology, enums, internal identity."""
