@@ -116,6 +116,7 @@ class ProjectDeleted(Event):
     project_id: uuid.UUID
     user_id: uuid.UUID
     image_ids: list[uuid.UUID] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)
 
 
 class SubscriptionUpdated(Event):

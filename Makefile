@@ -1,0 +1,23 @@
+.DEFAULT_GOAL := help
+.PHONY: help up test lint format typecheck contact-sheet
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
+
+up: ## Run PostgreSQL, RabbitMQ, S3 and the four services locally until Ctrl-C
+	uv run python -m devstack up
+
+test: ## Run the whole test suite against real infrastructure
+	bash scripts/test.sh
+
+lint: ## Check lint and formatting with ruff
+	uv run ruff check . && uv run ruff format --check .
+
+format: ## Format the code and apply safe lint fixes
+	uv run ruff format . && uv run ruff check --fix .
+
+typecheck: ## Type-check libs and services with mypy (strict)
+	uv run mypy libs services
+
+contact-sheet: ## Render the staging contact sheet to docs/images/contact-sheet.jpg
+	uv run python -m staging.contact_sheet --out docs/images/contact-sheet.jpg

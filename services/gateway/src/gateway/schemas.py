@@ -1,0 +1,83 @@
+"""Request and response bodies of the gateway's own endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from contracts.enums import Role
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class UserOut(BaseModel):
+    """A user as admins see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    auth0_sub: str
+    email: str | None
+    role: Role
+    full_name: str | None = None
+    company_name: str | None = None
+    stripe_customer_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPageOut(BaseModel):
+    """A page of users; pass `next_cursor` back as `cursor` for the next one."""
+
+    items: list[UserOut]
+    next_cursor: str | None
+
+
+class RoleUpdate(BaseModel):
+    """The role to give a user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+
+
+class MeOut(BaseModel):
+    """Who the caller is, their plan and this period's usage (null when unknown right now)."""
+
+    id: uuid.UUID
+    email: str | None
+    role: Role
+    created_at: datetime
+    plan: Any | None = None
+    usage: dict[str, Any] | None = None
+
+
+class CatalogEntry(BaseModel):
+    """One choice with its label for people."""
+
+    value: str
+    label: str
+
+
+class CatalogOut(BaseModel):
+    """The room types and styles a photo can be staged with."""
+
+    room_types: list[CatalogEntry]
+    styles: list[CatalogEntry]
+
+
+class DevTokenRequest(BaseModel):
+    """Who to sign in as (development only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sub: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9|@._:+-]+$")
+    email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class TokenOut(BaseModel):
+    """An access token for the `Authorization: Bearer` header."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int

@@ -1,0 +1,104 @@
+"""Gateway settings: upstream services, token verification and the development issuer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+from servicekit.settings import ServiceSettings
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class GatewaySettings(ServiceSettings):
+    """Settings of the public entry point (`GATEWAY_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", case_sensitive=False)
+
+    service_name: ClassVar[str] = "gateway"
+
+    port: int = 8000
+    projects_url: str = "http://127.0.0.1:8001"
+    staging_url: str = "http://127.0.0.1:8002"
+    billing_url: str = "http://127.0.0.1:8003"
+    public_url: str = "http://127.0.0.1:8000"
+
+    auth0_domain: str | None = None
+    auth0_audience: str | None = None
+    auth0_jwks_url: str | None = None
+    jwks_cache_seconds: float = 600
+    jwks_timeout_seconds: float = 5
+    jwks_refresh_cooldown_seconds: float = 10
+    jwt_leeway_seconds: int = 30
+
+    dev_key_path: Path = Path(".stack/dev-issuer-key.pem")
+    dev_audience: str = "https://api.realstaging.local"
+    dev_token_ttl_seconds: int = 3600
+
+    upstream_timeout_seconds: float = 30
+    upstream_connect_timeout_seconds: float = 5
+    upstream_max_connections: int = 200
+    cors_origins: CommaList = []
+    max_body_bytes: int = 30 * 1024 * 1024
+    admin_subs: CommaList = []
+
+    @field_validator("cors_origins", "admin_subs", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # Accept a JSON list or the friendlier `a,b,c` in environment variables.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("auth0_domain", mode="before")
+    @classmethod
+    def _bare_domain(cls, value: Any) -> Any:
+        # People paste `https://tenant.auth0.com/`; the issuer is built from the bare host.
+        if isinstance(value, str):
+            value = value.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+            return value or None
+        return value
+
+    @field_validator("public_url", "projects_url", "staging_url", "billing_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_is_configured(self) -> GatewaySettings:
+        if self.is_production and not self.auth0_domain:
+            raise ValueError(
+                "GATEWAY_AUTH0_DOMAIN is required in production; "
+                "the development issuer cannot be used there"
+            )
+        if self.auth0_domain and not self.auth0_audience:
+            raise ValueError("GATEWAY_AUTH0_AUDIENCE is required when GATEWAY_AUTH0_DOMAIN is set")
+        return self
+
+    @property
+    def dev_mode(self) -> bool:
+        """Whether the gateway is its own token issuer (never in production)."""
+        return self.auth0_domain is None and not self.is_production
+
+    @property
+    def token_issuer(self) -> str:
+        """The `iss` every accepted access token must carry."""
+        if self.auth0_domain:
+            return f"https://{self.auth0_domain}/"
+        return f"{self.public_url}/"
+
+    @property
+    def token_audience(self) -> str:
+        """The `aud` every accepted access token must carry."""
+        return self.auth0_audience if self.auth0_domain and self.auth0_audience else self.dev_audience
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the Auth0 tenant publishes its signing keys."""
+        return self.auth0_jwks_url or f"https://{self.auth0_domain}/.well-known/jwks.json"

@@ -1,0 +1,15 @@
+"""`python -m projects [serve|migrate|downgrade]`."""
+
+from servicekit.cli import run
+
+from projects.app import create_app
+from projects.settings import ProjectsSettings
+
+
+def main() -> None:
+    """Entry point of the projects service."""
+    run("projects", ProjectsSettings, create_app)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

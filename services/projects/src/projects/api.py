@@ -1,0 +1,264 @@
+"""HTTP API of the projects service (reached only through the gateway)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from contracts.enums import ImageStatus
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from servicekit.errors import NotFound, ServiceError
+from servicekit.identity import CurrentIdentity
+
+from projects.deps import ServiceDep, SettingsDep, StorageDep
+from projects.errors import InvalidUpload
+from projects.media import SNIFF_BYTES, sniff_image_type
+from projects.models import Image
+from projects.repository import encode_cursor
+from projects.schemas import (
+    UPLOAD_TYPES,
+    DownloadOut,
+    ImageBatchCreate,
+    ImageCreate,
+    ImageOut,
+    Page,
+    PresignRequest,
+    ProjectCreate,
+    ProjectOut,
+    ProjectSummary,
+    ProjectUpdate,
+    RestageRequest,
+    UploadOut,
+    UsageOut,
+)
+from projects.service import upload_key
+
+router = APIRouter(prefix="/v1")
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+def image_out(image: Image) -> ImageOut:
+    """An image as its owner sees it."""
+    out = ImageOut.model_validate(image)
+    out.has_staged = image.staged_key is not None and image.status == ImageStatus.READY
+    return out
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectOut)
+async def create_project(body: ProjectCreate, who: CurrentIdentity, svc: ServiceDep) -> ProjectOut:
+    """Create a project."""
+    return ProjectOut.model_validate(await svc.create_project(who, body.name))
+
+
+@router.get("/projects", response_model=Page[ProjectOut])
+async def list_projects(
+    who: CurrentIdentity, svc: ServiceDep, cursor: str | None = None, limit: Limit = 20
+) -> Page[ProjectOut]:
+    """The caller's projects, newest first."""
+    rows = await svc.projects.list(who.user_id, cursor, limit)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[ProjectOut.model_validate(p) for p in rows],
+        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
+    )
+
+
+@router.get("/projects/{project_id}", response_model=ProjectOut)
+async def get_project(project_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep) -> ProjectOut:
+    """One project."""
+    return ProjectOut.model_validate(await svc.project(who, project_id))
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectOut)
+async def rename_project(
+    project_id: uuid.UUID, body: ProjectUpdate, who: CurrentIdentity, svc: ServiceDep
+) -> ProjectOut:
+    """Rename a project."""
+    return ProjectOut.model_validate(await svc.rename_project(who, project_id, body.name))
+
+
+@router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_project(project_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep) -> Response:
+    """Delete a project, its images and their stored photos."""
+    await svc.delete_project(who, project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/projects/{project_id}/summary", response_model=ProjectSummary)
+async def project_summary(
+    project_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep
+) -> ProjectSummary:
+    """Counts by status and the model cost of a project."""
+    await svc.project(who, project_id)
+    counts, cost = await svc.images.summary(project_id)
+    return ProjectSummary(
+        project_id=project_id,
+        image_count=sum(counts.values()),
+        by_status={s.value: counts.get(s.value, 0) for s in ImageStatus},
+        total_cost_usd=round(cost, 4),  # type: ignore[arg-type]
+    )
+
+
+@router.post("/uploads/presign", response_model=UploadOut)
+async def presign_upload(
+    body: PresignRequest, who: CurrentIdentity, storage: StorageDep, settings: SettingsDep
+) -> UploadOut:
+    """A presigned PUT for one photo; create the image from the returned key afterwards."""
+    ext = PurePosixPath(body.filename).suffix.lower()
+    if ext not in UPLOAD_TYPES[body.content_type]:
+        raise ServiceError(
+            f"A {body.content_type} file should end in "
+            f"{', '.join(UPLOAD_TYPES[body.content_type])}.",
+            code="validation_failed",
+            status=422,
+            details=[{"field": "filename", "message": "extension does not match content_type"}],
+        )
+    if body.size > settings.max_upload_bytes:
+        raise ServiceError(
+            f"Photos can be at most {settings.max_upload_bytes // (1024 * 1024)} MB.",
+            code="validation_failed",
+            status=422,
+            details=[{"field": "size", "message": "too large"}],
+        )
+    key = upload_key(who.user_id, body.filename, body.content_type)
+    ttl = settings.upload_url_ttl_seconds
+    url = await storage.presign_put(key, timedelta(seconds=ttl))
+    return UploadOut(
+        key=key,
+        upload_url=url,
+        headers={"Content-Type": body.content_type},
+        expires_in=ttl,
+        max_size=settings.max_upload_bytes,
+    )
+
+
+@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadOut)
+async def upload(
+    who: CurrentIdentity,
+    storage: StorageDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A JPEG, PNG, WebP or HEIC photo")],
+) -> UploadOut:
+    """Upload a photo through the API (for simple clients: `curl -F file=@room.jpg`)."""
+    size = file.size if file.size is not None else 0
+    if size == 0:
+        raise InvalidUpload("The uploaded file is empty.")
+    if size > settings.max_upload_bytes:
+        raise InvalidUpload(
+            f"Photos can be at most {settings.max_upload_bytes // (1024 * 1024)} MB."
+        )
+    head = await file.read(SNIFF_BYTES)
+    kind = sniff_image_type(head)
+    if kind is None:
+        raise InvalidUpload("The uploaded file is not a JPEG, PNG, WebP or HEIC image.")
+    await file.seek(0)
+    key = upload_key(who.user_id, file.filename or "photo", kind)
+    await storage.write_stream(key, file.file, size, kind)
+    return UploadOut(key=key, method="POST", max_size=settings.max_upload_bytes)
+
+
+@router.post(
+    "/projects/{project_id}/images", status_code=status.HTTP_201_CREATED, response_model=ImageOut
+)
+async def create_image(
+    project_id: uuid.UUID, body: ImageCreate, who: CurrentIdentity, svc: ServiceDep
+) -> ImageOut:
+    """Queue one uploaded photo for staging."""
+    (image,) = await svc.create_images(who, project_id, [body])
+    return image_out(image)
+
+
+@router.post(
+    "/projects/{project_id}/images/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Page[ImageOut],
+)
+async def create_images(
+    project_id: uuid.UUID, body: ImageBatchCreate, who: CurrentIdentity, svc: ServiceDep
+) -> Page[ImageOut]:
+    """Queue up to 50 photos at once: all are created, or none (with each problem listed)."""
+    images = await svc.create_images(who, project_id, body.images)
+    return Page(items=[image_out(i) for i in images])
+
+
+@router.get("/projects/{project_id}/images", response_model=Page[ImageOut])
+async def list_images(
+    project_id: uuid.UUID,
+    who: CurrentIdentity,
+    svc: ServiceDep,
+    status_filter: Annotated[ImageStatus | None, Query(alias="status")] = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> Page[ImageOut]:
+    """A project's images, newest first, optionally only those with one status."""
+    await svc.project(who, project_id)
+    rows = await svc.images.list(project_id, status_filter, cursor, limit)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[image_out(i) for i in rows],
+        next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
+    )
+
+
+@router.get("/images/{image_id}", response_model=ImageOut)
+async def get_image(image_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep) -> ImageOut:
+    """One image."""
+    return image_out(await svc.image(who, image_id))
+
+
+@router.post("/images/{image_id}/restage", response_model=ImageOut)
+async def restage_image(
+    image_id: uuid.UUID, body: RestageRequest, who: CurrentIdentity, svc: ServiceDep
+) -> ImageOut:
+    """Stage a photo again, optionally with another room type, style or seed."""
+    image = await svc.restage(
+        who,
+        image_id,
+        body.room_type.value if body.room_type else None,
+        body.style.value if body.style else None,
+        body.seed,
+    )
+    return image_out(image)
+
+
+@router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_image(image_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep) -> Response:
+    """Delete an image and its stored photos."""
+    await svc.delete_image(who, image_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/images/{image_id}/download", response_model=DownloadOut)
+async def download_image(
+    image_id: uuid.UUID,
+    who: CurrentIdentity,
+    svc: ServiceDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    kind: Literal["original", "staged"] = "staged",
+) -> DownloadOut:
+    """A short-lived link to the original or the staged photo."""
+    image = await svc.image(who, image_id)
+    stem = PurePosixPath(image.original_filename or "photo").stem or "photo"
+    if kind == "staged":
+        if image.staged_key is None or image.status != ImageStatus.READY:
+            raise NotFound("This photo has no staged version yet.", code="not_staged")
+        key = image.staged_key
+        filename = f"{stem}-staged{PurePosixPath(key).suffix or '.jpg'}"
+    else:
+        key = image.original_key
+        filename = f"{stem}{PurePosixPath(key).suffix}"
+    ttl = settings.download_url_ttl_seconds
+    url = await storage.presign_get(key, timedelta(seconds=ttl), filename=filename)
+    return DownloadOut(url=url, filename=filename, expires_in=ttl)
+
+
+@router.get("/usage", response_model=UsageOut)
+async def usage(who: CurrentIdentity, svc: ServiceDep) -> UsageOut:
+    """This period's allowance and how much of it is used."""
+    return await svc.usage(who)

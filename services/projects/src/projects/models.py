@@ -1,0 +1,126 @@
+"""Tables owned by the projects service."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from contracts.enums import ImageStatus
+from servicekit.db import Base
+from servicekit.outbox import InboxMessage, OutboxMessage
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "Entitlement",
+    "Image",
+    "InboxMessage",
+    "OutboxMessage",
+    "Project",
+    "UsageCharge",
+]
+
+image_status = Enum(
+    ImageStatus,
+    name="image_status",
+    values_callable=lambda e: [m.value for m in e],
+    create_type=False,
+)
+
+
+class Project(Base):
+    """A set of photos, usually one listing."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    images: Mapped[list[Image]] = relationship(back_populates="project", lazy="raise")
+
+
+class Image(Base):
+    """One uploaded photo and its staged result."""
+
+    __tablename__ = "images"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    original_url: Mapped[str] = mapped_column(Text)
+    original_key: Mapped[str] = mapped_column(Text)
+    original_filename: Mapped[str | None] = mapped_column(Text)
+    staged_url: Mapped[str | None] = mapped_column(Text)
+    staged_key: Mapped[str | None] = mapped_column(Text)
+    room_type: Mapped[str | None] = mapped_column(Text)
+    style: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[ImageStatus] = mapped_column(
+        image_status, server_default=text("'queued'::image_status")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 4))
+    model_used: Mapped[str | None] = mapped_column(Text)
+    processing_time_ms: Mapped[int | None] = mapped_column(Integer)
+    replicate_prediction_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    project: Mapped[Project] = relationship(back_populates="images", lazy="raise")
+
+    __table_args__ = (Index("ix_images_project_id_created_at", "project_id", "created_at"),)
+
+
+class Entitlement(Base):
+    """The allowance billing announced for a user (`subscription.updated`)."""
+
+    __tablename__ = "entitlements"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text, server_default=text("'free'"))
+    monthly_limit: Mapped[int] = mapped_column(Integer)
+    period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    source_occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UsageCharge(Base):
+    """One staged photo counted against a user's allowance (kept when the image is deleted)."""
+
+    __tablename__ = "usage_charges"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    image_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    attempt: Mapped[int] = mapped_column(Integer)
+    charged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_usage_charges_user_id_charged_at", "user_id", "charged_at"),)

@@ -1,0 +1,154 @@
+"""Queries of the projects service; nothing here commits."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from contracts.enums import ImageStatus
+from servicekit.errors import ServiceError
+from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from projects.models import Entitlement, Image, Project, UsageCharge
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    """An opaque cursor for keyset pagination."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Read a cursor made by `encode_cursor`; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+        created, row_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
+
+
+def _page(
+    stmt: Select[tuple[Project]] | Select[tuple[Image]], model: type, cursor: str | None, limit: int
+) -> Select:  # type: ignore[type-arg]
+    if cursor:
+        created, row_id = decode_cursor(cursor)
+        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created, row_id))
+    return stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+
+
+class ProjectRepository:
+    """Projects, always scoped to their owner."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(
+        self, user_id: uuid.UUID, project_id: uuid.UUID, *, lock: bool = False
+    ) -> Project | None:
+        """The user's project, or None."""
+        stmt = select(Project).where(Project.id == project_id, Project.user_id == user_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def list(self, user_id: uuid.UUID, cursor: str | None, limit: int) -> Sequence[Project]:
+        """Newest first, `limit + 1` rows so the caller knows whether more follow."""
+        stmt = _page(select(Project).where(Project.user_id == user_id), Project, cursor, limit)
+        return (await self.session.scalars(stmt)).all()
+
+    async def add(self, project: Project) -> Project:
+        """Insert a project and load its defaults."""
+        self.session.add(project)
+        await self.session.flush()
+        await self.session.refresh(project)
+        return project
+
+
+class ImageRepository:
+    """Images, always scoped to their owner."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(
+        self, user_id: uuid.UUID, image_id: uuid.UUID, *, lock: bool = False
+    ) -> Image | None:
+        """The user's image, or None."""
+        stmt = select(Image).where(Image.id == image_id, Image.user_id == user_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def get_for_update(self, image_id: uuid.UUID) -> Image | None:
+        """Any image by id, locked (for status updates from staging)."""
+        stmt = select(Image).where(Image.id == image_id).with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def list(
+        self,
+        project_id: uuid.UUID,
+        status: ImageStatus | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Sequence[Image]:
+        """A project's images, newest first, `limit + 1` rows."""
+        stmt = select(Image).where(Image.project_id == project_id)
+        if status is not None:
+            stmt = stmt.where(Image.status == status)
+        return (await self.session.scalars(_page(stmt, Image, cursor, limit))).all()
+
+    async def all_in_project(self, project_id: uuid.UUID) -> Sequence[Image]:
+        """Every image of a project."""
+        return (
+            await self.session.scalars(select(Image).where(Image.project_id == project_id))
+        ).all()
+
+    async def summary(self, project_id: uuid.UUID) -> tuple[dict[str, int], float]:
+        """Counts by status and the summed model cost of a project."""
+        rows = (
+            await self.session.execute(
+                select(Image.status, func.count(), func.coalesce(func.sum(Image.cost_usd), 0))
+                .where(Image.project_id == project_id)
+                .group_by(Image.status)
+            )
+        ).all()
+        counts = {status.value: int(n) for status, n, _ in rows}
+        return counts, float(sum(cost for _, _, cost in rows))
+
+
+class AllowanceRepository:
+    """Entitlements and usage charges."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_entitlement(self, user_id: uuid.UUID, default_limit: int) -> Entitlement:
+        """The user's entitlement row, created on first use, locked for this transaction.
+
+        The row lock serialises concurrent image requests of one user, so two requests can
+        never both take the last photo of the allowance.
+        """
+        await self.session.execute(
+            insert(Entitlement)
+            .values(user_id=user_id, plan_code="free", monthly_limit=default_limit)
+            .on_conflict_do_nothing()
+        )
+        stmt = select(Entitlement).where(Entitlement.user_id == user_id).with_for_update()
+        return (await self.session.scalars(stmt)).one()
+
+    async def get_entitlement(self, user_id: uuid.UUID) -> Entitlement | None:
+        """The user's entitlement, if billing announced one."""
+        return await self.session.get(Entitlement, user_id)
+
+    async def used(self, user_id: uuid.UUID, start: datetime, end: datetime) -> int:
+        """Photos charged to the user within [start, end)."""
+        stmt = select(func.count()).where(
+            UsageCharge.user_id == user_id,
+            UsageCharge.charged_at >= start,
+            UsageCharge.charged_at < end,
+        )
+        return int((await self.session.execute(stmt)).scalar_one())

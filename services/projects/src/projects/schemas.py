@@ -1,0 +1,159 @@
+"""Request and response bodies of the projects API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Generic, Literal, TypeVar
+
+from contracts.enums import ImageStatus, RoomType, Style
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+T = TypeVar("T")
+
+ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of results; pass `next_cursor` back as `cursor` for the next one."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class ProjectCreate(BaseModel):
+    """A new project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProjectName
+
+
+class ProjectUpdate(BaseModel):
+    """A rename."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProjectName
+
+
+class ProjectOut(BaseModel):
+    """A project as the owner sees it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+UPLOAD_TYPES: dict[str, tuple[str, ...]] = {
+    "image/jpeg": (".jpg", ".jpeg"),
+    "image/png": (".png",),
+    "image/webp": (".webp",),
+    "image/heic": (".heic", ".heif"),
+    "image/heif": (".heic", ".heif"),
+}
+
+
+class PresignRequest(BaseModel):
+    """What the browser is about to upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    content_type: Literal["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"]
+    size: int = Field(gt=0, description="Size of the file in bytes")
+
+
+class UploadOut(BaseModel):
+    """Where to PUT the file, and the key to create an image from afterwards."""
+
+    key: str
+    upload_url: str | None = None
+    method: str = "PUT"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expires_in: int | None = None
+    max_size: int
+
+
+class ImageCreate(BaseModel):
+    """A photo to stage: an uploaded key, a room type and a style."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    room_type: RoomType
+    style: Style
+    seed: int | None = Field(default=None, ge=0, le=4_294_967_295)
+    filename: Annotated[str, StringConstraints(max_length=255)] | None = None
+
+
+class ImageBatchCreate(BaseModel):
+    """Up to 50 photos, created all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ImageCreate] = Field(min_length=1, max_length=50)
+
+
+class RestageRequest(BaseModel):
+    """Stage the same photo again, optionally differently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    room_type: RoomType | None = None
+    style: Style | None = None
+    seed: int | None = Field(default=None, ge=0, le=4_294_967_295)
+
+
+class ImageOut(BaseModel):
+    """An image as its owner sees it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    status: ImageStatus
+    room_type: str | None
+    style: str | None
+    seed: int | None
+    error: str | None
+    attempt: int
+    original_filename: str | None
+    has_staged: bool = False
+    model_used: str | None
+    processing_time_ms: int | None
+    cost_usd: Decimal | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DownloadOut(BaseModel):
+    """A short-lived link to a stored photo."""
+
+    url: str
+    filename: str
+    expires_in: int
+
+
+class UsageOut(BaseModel):
+    """This period's allowance and how much of it is used."""
+
+    plan: str
+    used: int
+    limit: int
+    remaining: int
+    period_start: datetime
+    period_end: datetime
+
+
+class ProjectSummary(BaseModel):
+    """Counts by status and the model cost so far."""
+
+    project_id: uuid.UUID
+    image_count: int
+    by_status: dict[str, int]
+    total_cost_usd: Decimal

@@ -1,0 +1,331 @@
+"""Rules of the projects service: ownership, uploads, the allowance, status transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import PurePosixPath
+from typing import Any
+
+from contracts.enums import IMAGE_STATUS_RANK, ImageStatus
+from contracts.events import (
+    Envelope,
+    ImageDeleted,
+    ImageFailed,
+    ImageProcessing,
+    ImageQueued,
+    ImageReady,
+    ProjectDeleted,
+    SubscriptionUpdated,
+)
+from contracts.identity import Identity
+from servicekit.errors import Conflict
+from servicekit.outbox import add_event
+from servicekit.storage import Storage
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from projects.errors import AllowanceExceeded, ImageNotFound, InvalidUpload, ProjectNotFound
+from projects.media import EXTENSIONS, SNIFF_BYTES, sniff_image_type
+from projects.models import Entitlement, Image, Project, UsageCharge
+from projects.repository import AllowanceRepository, ImageRepository, ProjectRepository
+from projects.schemas import ImageCreate, UsageOut
+from projects.settings import ProjectsSettings
+
+PRODUCER = "projects"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def upload_prefix(user_id: uuid.UUID) -> str:
+    """Every upload of a user lives under this prefix."""
+    return f"uploads/{user_id}/"
+
+
+def upload_key(user_id: uuid.UUID, filename: str, content_type: str) -> str:
+    """A fresh key for an upload, with a sanitised, recognisable name."""
+    stem = _UNSAFE.sub("-", PurePosixPath(filename).stem).strip("-.")[:60] or "photo"
+    ext = EXTENSIONS.get(content_type if content_type != "image/heif" else "image/heic", ".jpg")
+    return f"{upload_prefix(user_id)}{uuid.uuid4().hex}-{stem}{ext}"
+
+
+def s3_url(bucket: str, key: str) -> str:
+    """The `s3://bucket/key` form stored in the seed's URL columns."""
+    return f"s3://{bucket}/{key}"
+
+
+def current_period(ent: Entitlement | None, now: datetime) -> tuple[datetime, datetime]:
+    """The allowance period in force: the subscription's, else the calendar month (UTC)."""
+    if ent and ent.period_start and ent.period_end and ent.period_start <= now < ent.period_end:
+        return ent.period_start, ent.period_end
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def effective_limit(ent: Entitlement | None, now: datetime, free_limit: int) -> tuple[str, int]:
+    """The plan and monthly limit in force now."""
+    if ent is None:
+        return "free", free_limit
+    if ent.period_end is not None and now >= ent.period_end and ent.plan_code != "free":
+        # The paid period ended and billing has not renewed it yet: back to free.
+        return "free", free_limit
+    return ent.plan_code, ent.monthly_limit
+
+
+@dataclass
+class CheckedUpload:
+    """An upload that exists, is small enough and is really an image."""
+
+    key: str
+    size: int
+    content_type: str
+
+
+class ProjectsService:
+    """What an owner can do with projects and images."""
+
+    def __init__(self, session: AsyncSession, storage: Storage, settings: ProjectsSettings) -> None:
+        self.session = session
+        self.storage = storage
+        self.settings = settings
+        self.projects = ProjectRepository(session)
+        self.images = ImageRepository(session)
+        self.allowance = AllowanceRepository(session)
+
+    async def project(self, who: Identity, project_id: uuid.UUID, *, lock: bool = False) -> Project:
+        """The caller's project, or 404."""
+        project = await self.projects.get(who.user_id, project_id, lock=lock)
+        if project is None:
+            raise ProjectNotFound()
+        return project
+
+    async def image(self, who: Identity, image_id: uuid.UUID, *, lock: bool = False) -> Image:
+        """The caller's image, or 404."""
+        image = await self.images.get(who.user_id, image_id, lock=lock)
+        if image is None:
+            raise ImageNotFound()
+        return image
+
+    async def create_project(self, who: Identity, name: str) -> Project:
+        """A new, empty project."""
+        return await self.projects.add(Project(user_id=who.user_id, name=name))
+
+    async def rename_project(self, who: Identity, project_id: uuid.UUID, name: str) -> Project:
+        """Rename a project."""
+        project = await self.project(who, project_id, lock=True)
+        project.name = name
+        project.updated_at = datetime.now(UTC)
+        return project
+
+    async def delete_project(self, who: Identity, project_id: uuid.UUID) -> None:
+        """Delete a project with its images; staging cancels work and removes the objects."""
+        project = await self.project(who, project_id, lock=True)
+        images = await self.images.all_in_project(project.id)
+        keys = [k for img in images for k in (img.original_key, img.staged_key) if k]
+        await self.session.delete(project)
+        add_event(
+            self.session,
+            ProjectDeleted(
+                project_id=project.id,
+                user_id=who.user_id,
+                image_ids=[img.id for img in images],
+                keys=keys,
+            ),
+            producer=PRODUCER,
+            correlation_id=who.request_id,
+        )
+
+    async def check_upload(self, who: Identity, key: str) -> CheckedUpload:
+        """Refuse keys outside the caller's prefix, missing objects, empty, huge or non-images."""
+        if not key.startswith(upload_prefix(who.user_id)) or ".." in key:
+            raise InvalidUpload("This upload does not belong to you.", details={"key": key})
+        info = await self.storage.stat(key)
+        if info is None:
+            raise InvalidUpload("The upload was not found; upload the file first.")
+        if info.size == 0:
+            raise InvalidUpload("The uploaded file is empty.")
+        if info.size > self.settings.max_upload_bytes:
+            limit_mb = self.settings.max_upload_bytes // (1024 * 1024)
+            raise InvalidUpload(f"The uploaded file is larger than {limit_mb} MB.")
+        kind = sniff_image_type(await self.storage.read_head(key, SNIFF_BYTES))
+        if kind is None:
+            raise InvalidUpload("The uploaded file is not a JPEG, PNG, WebP or HEIC image.")
+        return CheckedUpload(key=key, size=info.size, content_type=kind)
+
+    async def reserve(self, who: Identity, count: int) -> None:
+        """Take `count` photos from this period's allowance, or raise 402."""
+        now = datetime.now(UTC)
+        ent = await self.allowance.lock_entitlement(who.user_id, self.settings.free_monthly_limit)
+        plan, limit = effective_limit(ent, now, self.settings.free_monthly_limit)
+        start, end = current_period(ent, now)
+        used = await self.allowance.used(who.user_id, start, end)
+        remaining = max(limit - used, 0)
+        if count > remaining:
+            raise AllowanceExceeded(
+                f"This needs {count} photo(s) but {remaining} of your {limit} this period remain.",
+                details={"plan": plan, "limit": limit, "used": used, "remaining": remaining},
+            )
+
+    async def usage(self, who: Identity) -> UsageOut:
+        """This period's allowance and use."""
+        now = datetime.now(UTC)
+        ent = await self.allowance.get_entitlement(who.user_id)
+        plan, limit = effective_limit(ent, now, self.settings.free_monthly_limit)
+        start, end = current_period(ent, now)
+        used = await self.allowance.used(who.user_id, start, end)
+        return UsageOut(
+            plan=plan,
+            used=used,
+            limit=limit,
+            remaining=max(limit - used, 0),
+            period_start=start,
+            period_end=end,
+        )
+
+    async def create_images(
+        self, who: Identity, project_id: uuid.UUID, items: list[ImageCreate]
+    ) -> list[Image]:
+        """Create and queue images, all or nothing, counting each against the allowance."""
+        await self.project(who, project_id)
+        results = await asyncio.gather(
+            *(self.check_upload(who, item.key) for item in items), return_exceptions=True
+        )
+        errors: list[dict[str, Any]] = []
+        for index, result in enumerate(results):
+            if isinstance(result, InvalidUpload):
+                errors.append(
+                    {"index": index, "field": f"images[{index}].key", "message": result.message}
+                )
+            elif isinstance(result, BaseException):
+                raise result
+        if errors:
+            if len(items) == 1:
+                raise InvalidUpload(errors[0]["message"], details=errors)
+            raise InvalidUpload(
+                f"{len(errors)} of {len(items)} photos cannot be staged; nothing was created.",
+                details=errors,
+            )
+        await self.reserve(who, len(items))
+        created: list[Image] = []
+        for item in items:
+            image = Image(
+                id=uuid.uuid4(),
+                project_id=project_id,
+                user_id=who.user_id,
+                original_key=item.key,
+                original_url=s3_url(self.storage.bucket, item.key),
+                original_filename=item.filename or PurePosixPath(item.key).name.split("-", 1)[-1],
+                room_type=item.room_type.value,
+                style=item.style.value,
+                seed=item.seed,
+                status=ImageStatus.QUEUED,
+                attempt=1,
+            )
+            self.session.add(image)
+            self.session.add(UsageCharge(user_id=who.user_id, image_id=image.id, attempt=1))
+            self._queue(who, image)
+            created.append(image)
+        await self.session.flush()
+        for image in created:
+            await self.session.refresh(image)
+        return created
+
+    async def restage(
+        self,
+        who: Identity,
+        image_id: uuid.UUID,
+        room_type: str | None,
+        style: str | None,
+        seed: int | None,
+    ) -> Image:
+        """Stage a photo again as a new attempt, counted against the allowance."""
+        image = await self.image(who, image_id, lock=True)
+        if image.status in (ImageStatus.QUEUED, ImageStatus.PROCESSING):
+            raise Conflict("This photo is still being staged; wait until it is done.")
+        await self.reserve(who, 1)
+        image.attempt += 1
+        image.room_type = room_type or image.room_type
+        image.style = style or image.style
+        image.seed = seed if seed is not None else image.seed
+        image.status = ImageStatus.QUEUED
+        image.error = None
+        image.updated_at = datetime.now(UTC)
+        self.session.add(UsageCharge(user_id=who.user_id, image_id=image.id, attempt=image.attempt))
+        self._queue(who, image)
+        return image
+
+    def _queue(self, who: Identity, image: Image) -> None:
+        add_event(
+            self.session,
+            ImageQueued(
+                image_id=image.id,
+                user_id=image.user_id,
+                project_id=image.project_id,
+                original_key=image.original_key,
+                room_type=image.room_type,  # type: ignore[arg-type]
+                style=image.style,  # type: ignore[arg-type]
+                seed=image.seed,
+                attempt=image.attempt,
+            ),
+            producer=PRODUCER,
+            correlation_id=who.request_id,
+        )
+
+    async def delete_image(self, who: Identity, image_id: uuid.UUID) -> None:
+        """Delete an image; staging cancels its work and removes its objects."""
+        image = await self.image(who, image_id, lock=True)
+        keys = [k for k in (image.original_key, image.staged_key) if k]
+        await self.session.delete(image)
+        add_event(
+            self.session,
+            ImageDeleted(image_id=image.id, user_id=who.user_id, keys=keys),
+            producer=PRODUCER,
+            correlation_id=who.request_id,
+        )
+
+
+async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket: str) -> None:
+    """Apply a staging status event; stale or out-of-order events never move an image back."""
+    event = envelope.data
+    image = await ImageRepository(session).get_for_update(event.image_id)
+    if image is None or event.attempt != image.attempt:
+        return
+    new_status = {
+        ImageProcessing: ImageStatus.PROCESSING,
+        ImageReady: ImageStatus.READY,
+        ImageFailed: ImageStatus.ERROR,
+    }[type(event)]
+    current = image.status
+    terminal = current in (ImageStatus.READY, ImageStatus.ERROR)
+    if terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]:
+        return
+    image.status = new_status
+    image.updated_at = datetime.now(UTC)
+    if isinstance(event, ImageReady):
+        image.staged_key = event.staged_key
+        image.staged_url = s3_url(bucket, event.staged_key)
+        image.error = None
+        image.model_used = event.model or event.backend
+        image.processing_time_ms = event.duration_ms
+        if event.cost_usd is not None:
+            image.cost_usd = Decimal(str(event.cost_usd))
+    elif isinstance(event, ImageFailed):
+        image.error = event.reason
+
+
+async def apply_entitlement(session: AsyncSession, envelope: Envelope[SubscriptionUpdated]) -> None:
+    """Record the allowance billing announced, ignoring announcements older than the one held."""
+    event = envelope.data
+    ent = await AllowanceRepository(session).lock_entitlement(event.user_id, event.monthly_limit)
+    if ent.source_occurred_at is not None and ent.source_occurred_at >= envelope.occurred_at:
+        return
+    ent.plan_code = event.plan_code.value
+    ent.monthly_limit = event.monthly_limit
+    ent.period_start = event.period_start
+    ent.period_end = event.period_end
+    ent.status = event.status
+    ent.source_occurred_at = envelope.occurred_at
+    ent.updated_at = datetime.now(UTC)

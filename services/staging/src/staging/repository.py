@@ -1,0 +1,77 @@
+"""Queries of the staging service; nothing here commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from staging.models import JOB_TYPE, Cancellation, Job
+
+
+class JobRepository:
+    """Jobs and cancellations."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def ensure(
+        self, image_id: uuid.UUID, user_id: uuid.UUID, attempt: int, payload: dict[str, Any]
+    ) -> Job:
+        """The job of this image attempt, created once however often the message arrives."""
+        await self.session.execute(
+            insert(Job)
+            .values(
+                image_id=image_id,
+                user_id=user_id,
+                attempt=attempt,
+                type=JOB_TYPE,
+                payload_json=payload,
+                status="queued",
+            )
+            .on_conflict_do_nothing(constraint="uq_jobs_image_id_attempt")
+        )
+        stmt = (
+            select(Job)
+            .where(Job.image_id == image_id, Job.attempt == attempt)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one()
+
+    async def get(self, job_id: uuid.UUID, *, lock: bool = False) -> Job | None:
+        """A job by id."""
+        stmt = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def is_cancelled(self, image_id: uuid.UUID) -> bool:
+        """Whether the image was deleted."""
+        return await self.session.get(Cancellation, image_id) is not None
+
+    async def cancel(self, image_ids: Sequence[uuid.UUID]) -> None:
+        """Remember deleted images so their work is skipped."""
+        if image_ids:
+            await self.session.execute(
+                insert(Cancellation)
+                .values([{"image_id": i} for i in image_ids])
+                .on_conflict_do_nothing()
+            )
+
+    async def for_images(self, image_ids: Sequence[uuid.UUID]) -> Sequence[Job]:
+        """Every job of these images."""
+        if not image_ids:
+            return []
+        return (await self.session.scalars(select(Job).where(Job.image_id.in_(image_ids)))).all()
+
+    async def list(self, status: str | None, limit: int) -> Sequence[Job]:
+        """Recent jobs, optionally with one status."""
+        stmt = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(Job.status == status)
+        return (await self.session.scalars(stmt)).all()
