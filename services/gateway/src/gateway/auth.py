@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import jwt
 from jwt import PyJWK, PyJWKClient
+
 from servicekit.errors import Unauthorized, Unavailable
 
 logger = logging.getLogger(__name__)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from contracts.enums import Role
-from contracts.identity import Identity
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from servicekit.db import unit_of_work
-from servicekit.errors import Forbidden, NotFound
-from servicekit.logs import request_id_var
-from servicekit.runtime import RuntimeDep
 
+from contracts.enums import Role
+from contracts.identity import Identity
 from gateway import service
 from gateway.auth import (
     JwksKeyResolver,
@@ -26,6 +22,10 @@ from gateway.devissuer import DevIssuer
 from gateway.models import User
 from gateway.proxy import Forwarder
 from gateway.settings import GatewaySettings
+from servicekit.db import unit_of_work
+from servicekit.errors import Forbidden, NotFound
+from servicekit.logs import request_id_var
+from servicekit.runtime import RuntimeDep
 
 
 class GatewayClients:

@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from servicekit.db import Base
-from servicekit.outbox import InboxMessage, OutboxMessage
 from sqlalchemy import CheckConstraint, DateTime, Index, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
+
+from servicekit.db import Base
+from servicekit.outbox import InboxMessage, OutboxMessage
 
 __all__ = ["Base", "InboxMessage", "OutboxMessage", "User"]
 
@@ -32,12 +33,8 @@ class User(Base):
     phone: Mapped[str | None] = mapped_column(Text)
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     profile_photo_url: Mapped[str | None] = mapped_column(Text)
-    preferences: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, server_default=text("'{}'::jsonb")
-    )
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -13,21 +13,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from contracts.identity import HEADER, REQUEST_ID_HEADER, Identity
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from contracts.identity import HEADER, REQUEST_ID_HEADER, Identity
+from gateway.errors import BadGateway, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.settings import GatewaySettings
 from servicekit.errors import NotFound, ServiceError
 from servicekit.identity import sign_identity
 from servicekit.logs import request_id_var
-from starlette.background import BackgroundTask
-
-from gateway.errors import BadGateway, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
 REQUEST_HEADERS = frozenset(
-    {"content-type", "content-length", "accept", "if-none-match", "last-event-id", "stripe-signature"}
+    {
+        "content-type",
+        "content-length",
+        "accept",
+        "if-none-match",
+        "last-event-id",
+        "stripe-signature",
+    }
 )
 RESPONSE_HEADERS = frozenset(
     {"content-type", "content-disposition", "location", "etag", "cache-control", "retry-after"}
@@ -81,7 +88,9 @@ class Forwarder:
         """Open the connection pool."""
         s = self.settings
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.upstream_timeout_seconds, connect=s.upstream_connect_timeout_seconds),
+            timeout=httpx.Timeout(
+                s.upstream_timeout_seconds, connect=s.upstream_connect_timeout_seconds
+            ),
             limits=httpx.Limits(
                 max_connections=s.upstream_max_connections,
                 max_keepalive_connections=min(50, s.upstream_max_connections),
@@ -166,7 +175,7 @@ class Forwarder:
         return stream()
 
     async def get_json(
-        self, target: str, path: str, identity: Identity, *, timeout: float = 5.0
+        self, target: str, path: str, identity: Identity, *, within_seconds: float = 5.0
     ) -> Any:
         """GET a JSON document from an internal service; None when it cannot answer."""
         upstream = self.upstreams[target]
@@ -177,7 +186,7 @@ class Forwarder:
         }
         try:
             response = await self.client.get(
-                upstream.base_url + path, headers=headers, timeout=timeout
+                upstream.base_url + path, headers=headers, timeout=within_seconds
             )
         except httpx.HTTPError as exc:
             logger.warning("%s %s unavailable: %s", upstream.name, path, type(exc).__name__)

@@ -25,9 +25,7 @@ class UserRepository:
 
     async def get_by_sub(self, sub: str) -> User | None:
         """The user with this Auth0 subject, if any."""
-        return (
-            await self.session.scalars(select(User).where(User.auth0_sub == sub))
-        ).one_or_none()
+        return (await self.session.scalars(select(User).where(User.auth0_sub == sub))).one_or_none()
 
     async def insert_if_absent(self, sub: str, *, email: str | None, role: str) -> User | None:
         """Insert a user; None when a concurrent request inserted the same subject first."""

@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from contracts.enums import Role
 from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.enums import Role
 
 
 class UserOut(BaseModel):

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from contracts.enums import Role
-from contracts.events import UserCreated
-from servicekit.errors import Conflict, NotFound, ServiceError
-from servicekit.outbox import add_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.enums import Role
+from contracts.events import UserCreated
 from gateway.models import User
 from gateway.repository import UserRepository
+from servicekit.errors import Conflict, NotFound, ServiceError
+from servicekit.outbox import add_event
 
 PRODUCER = "gateway"
 

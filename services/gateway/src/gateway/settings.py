@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
+
 from servicekit.settings import ServiceSettings
 
 CommaList = Annotated[list[str], NoDecode]
@@ -41,9 +42,9 @@ class GatewaySettings(ServiceSettings):
     upstream_timeout_seconds: float = 30
     upstream_connect_timeout_seconds: float = 5
     upstream_max_connections: int = 200
-    cors_origins: CommaList = []
+    cors_origins: CommaList = Field(default_factory=list)
     max_body_bytes: int = 30 * 1024 * 1024
-    admin_subs: CommaList = []
+    admin_subs: CommaList = Field(default_factory=list)
 
     @field_validator("cors_origins", "admin_subs", mode="before")
     @classmethod
@@ -96,7 +97,9 @@ class GatewaySettings(ServiceSettings):
     @property
     def token_audience(self) -> str:
         """The `aud` every accepted access token must carry."""
-        return self.auth0_audience if self.auth0_domain and self.auth0_audience else self.dev_audience
+        return (
+            self.auth0_audience if self.auth0_domain and self.auth0_audience else self.dev_audience
+        )
 
     @property
     def jwks_url(self) -> str:

@@ -1,9 +1,9 @@
 """Alembic environment for the gateway database."""
 
 from alembic import context
-from servicekit.migrations import run_migrations
 
 from gateway.models import Base
+from servicekit.migrations import run_migrations
 
 url = context.config.attributes.get("database_url") or context.config.get_main_option(
     "sqlalchemy.url"

@@ -1,0 +1,171 @@
+"""The gateway's HTTP surface: its own endpoints and the forwarded `/v1/...` prefixes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from contracts.enums import Role, RoomType, Style
+from gateway import service
+from gateway.deps import (
+    AdminUser,
+    ClientsDep,
+    CurrentUser,
+    DevIssuerDep,
+    identity_of,
+)
+from gateway.proxy import BILLING, PROJECTS, ROUTES
+from gateway.schemas import (
+    CatalogEntry,
+    CatalogOut,
+    DevTokenRequest,
+    MeOut,
+    RoleUpdate,
+    TokenOut,
+    UserOut,
+    UserPageOut,
+)
+from servicekit.runtime import SessionDep
+
+ROOM_LABELS: dict[RoomType, str] = {
+    RoomType.LIVING_ROOM: "Living room",
+    RoomType.BEDROOM: "Bedroom",
+    RoomType.KITCHEN: "Kitchen",
+    RoomType.BATHROOM: "Bathroom",
+    RoomType.DINING_ROOM: "Dining room",
+    RoomType.OFFICE: "Office",
+    RoomType.ENTRYWAY: "Entryway",
+    RoomType.OUTDOOR: "Outdoor",
+}
+STYLE_LABELS: dict[Style, str] = {
+    Style.MODERN: "Modern",
+    Style.CONTEMPORARY: "Contemporary",
+    Style.TRADITIONAL: "Traditional",
+    Style.INDUSTRIAL: "Industrial",
+    Style.SCANDINAVIAN: "Scandinavian",
+    Style.RUSTIC: "Rustic",
+    Style.COASTAL: "Coastal",
+    Style.BOHEMIAN: "Bohemian",
+    Style.MINIMALIST: "Minimalist",
+    Style.MID_CENTURY_MODERN: "Mid-century modern",
+}
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/catalog", tags=["catalog"])
+async def catalog() -> CatalogOut:
+    """Room types and styles with their labels (public)."""
+    return CatalogOut(
+        room_types=[
+            CatalogEntry(value=r.value, label=ROOM_LABELS.get(r, _label(r))) for r in RoomType
+        ],
+        styles=[CatalogEntry(value=s.value, label=STYLE_LABELS.get(s, _label(s))) for s in Style],
+    )
+
+
+def _label(value: str) -> str:
+    return value.replace("_", " ").capitalize()
+
+
+@router.get("/me", tags=["me"])
+async def me(user: CurrentUser, clients: ClientsDep) -> MeOut:
+    """The caller, their plan and this period's usage (null while projects is unavailable)."""
+    usage = await clients.forwarder.get_json(PROJECTS, "/v1/usage", identity_of(user))
+    if not isinstance(usage, dict):
+        usage = None
+    return MeOut(
+        id=user.id,
+        email=user.email,
+        role=Role(user.role),
+        created_at=user.created_at,
+        plan=usage.get("plan") if usage else None,
+        usage=usage,
+    )
+
+
+@router.get("/admin/users", tags=["admin"])
+async def list_users(
+    _: AdminUser,
+    session: SessionDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> UserPageOut:
+    """Users, newest first, a page at a time (admins only)."""
+    page = await service.list_users(session, cursor=cursor, limit=limit)
+    return UserPageOut(
+        items=[UserOut.model_validate(u) for u in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.patch("/admin/users/{user_id}", tags=["admin"])
+async def update_user(
+    user_id: uuid.UUID, body: RoleUpdate, admin: AdminUser, session: SessionDep
+) -> UserOut:
+    """Give a user the admin or the user role (admins only)."""
+    user = await service.set_role(session, user_id, body.role, acting_user_id=admin.id)
+    return UserOut.model_validate(user)
+
+
+dev_router = APIRouter(tags=["development"])
+
+
+@dev_router.get("/.well-known/jwks.json", include_in_schema=False)
+async def jwks(issuer: DevIssuerDep) -> dict[str, Any]:
+    """The development issuer's public keys."""
+    return issuer.jwks()
+
+
+@dev_router.post("/v1/dev/token")
+async def dev_token(body: DevTokenRequest, issuer: DevIssuerDep, clients: ClientsDep) -> TokenOut:
+    """Sign in as anyone (development only; 404 elsewhere)."""
+    ttl = clients.settings.dev_token_ttl_seconds
+    token = issuer.mint(body.sub, email=body.email, ttl_seconds=ttl)
+    return TokenOut(access_token=token, expires_in=ttl)
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _public(target: str) -> Handler:
+    async def forward_public(request: Request, clients: ClientsDep) -> Response:
+        return await clients.forwarder.forward(request, target, None)
+
+    return forward_public
+
+
+def _authenticated(target: str) -> Handler:
+    async def forward(request: Request, user: CurrentUser, clients: ClientsDep) -> Response:
+        return await clients.forwarder.forward(request, target, identity_of(user))
+
+    return forward
+
+
+def _admin(target: str) -> Handler:
+    async def forward_admin(request: Request, user: AdminUser, clients: ClientsDep) -> Response:
+        return await clients.forwarder.forward(request, target, identity_of(user))
+
+    return forward_admin
+
+
+def proxy_router() -> APIRouter:
+    """Routes that relay to the internal services, public ones first."""
+    proxy = APIRouter(include_in_schema=False)
+    public: list[tuple[str, list[str], str]] = [
+        ("/v1/plans", ["GET", "HEAD"], BILLING),
+        ("/v1/plans/{rest:path}", ["GET", "HEAD"], BILLING),
+        # Stripe signs its webhooks; billing checks the signature on the raw body.
+        ("/v1/billing/webhooks/stripe", ["POST"], BILLING),
+    ]
+    for path, methods, target in public:
+        proxy.add_api_route(path, _public(target), methods=methods)
+    for prefix, target in ROUTES:
+        handler = _admin(target) if prefix.startswith("/v1/admin/") else _authenticated(target)
+        for path in (prefix, prefix + "/{rest:path}"):
+            proxy.add_api_route(path, handler, methods=METHODS)
+    return proxy

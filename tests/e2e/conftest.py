@@ -1,0 +1,50 @@
+"""The whole stack, each service its own process, on free ports and throwaway databases."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.services import SERVICES, Stack
+from servicekit.testing import InfraUrls
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def stack(infra: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """All four services running as separate processes against real infrastructure."""
+    # The stack uses the test run's infrastructure rather than starting its own.
+    pinned = {
+        "DEVSTACK_PG_URL": infra.pg_base_url,
+        "DEVSTACK_AMQP_URL": infra.amqp_url,
+        "DEVSTACK_S3_ENDPOINT": infra.s3_endpoint,
+        "DEVSTACK_S3_ACCESS_KEY": infra.s3_access_key,
+        "DEVSTACK_S3_SECRET_KEY": infra.s3_secret_key,
+    }
+    saved = {key: os.environ.get(key) for key in pinned}
+    os.environ.update(pinned)
+    running = Stack(
+        ports={name: _free_port() for name in SERVICES},
+        db_prefix=f"rs_e2e_{uuid.uuid4().hex[:8]}",
+        drop_databases_on_exit=True,
+        state_dir=tmp_path_factory.mktemp("stack"),
+        timeout=120,
+    )
+    try:
+        with running:
+            yield running
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
