@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,12 +103,14 @@ class JwksKeyResolver:
         cache_seconds: float = 600,
         timeout_seconds: float = 5,
         cooldown_seconds: float = 10,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The client's own caches are off: this class caches, so that a key removed from the
         # JWKS stops being trusted after `cache_seconds` (PyJWKClient's key LRU never expires).
         self._client = PyJWKClient(
             url, cache_keys=False, cache_jwk_set=False, timeout=timeout_seconds
         )
+        self._clock = clock
         self._cache_seconds = cache_seconds
         self._cooldown_seconds = cooldown_seconds
         self._keys: dict[str, PyJWK] | None = None
@@ -117,10 +120,10 @@ class JwksKeyResolver:
         self.fetches = 0
 
     def _fresh(self) -> bool:
-        return time.monotonic() - self._fetched_at < self._cache_seconds
+        return self._clock() - self._fetched_at < self._cache_seconds
 
     def _cooling_down(self) -> bool:
-        return time.monotonic() - self._attempted_at < self._cooldown_seconds
+        return self._clock() - self._attempted_at < self._cooldown_seconds
 
     async def get_key(self, kid: str) -> Any:
         """The key for `kid`, fetching the JWKS when needed and allowed."""
@@ -144,7 +147,7 @@ class JwksKeyResolver:
             return keys[kid].key
 
     async def _refresh(self) -> None:
-        self._attempted_at = time.monotonic()
+        self._attempted_at = self._clock()
         self.fetches += 1
         try:
             jwk_set = await asyncio.to_thread(self._client.get_jwk_set, True)
@@ -160,7 +163,7 @@ class JwksKeyResolver:
             and k.algorithm_name == ALGORITHM
             and k.public_key_use in ("sig", None)
         }
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self._clock()
 
 
 class TokenVerifier:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -14,6 +17,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import RSAAlgorithm
+
 from gateway.auth import (
     InvalidToken,
     JwksKeyResolver,
@@ -22,7 +27,6 @@ from gateway.auth import (
     TokenVerifier,
 )
 from gateway.devissuer import DevIssuer, load_or_create_key, thumbprint
-from jwt.algorithms import RSAAlgorithm
 from servicekit.errors import Unauthorized
 
 ISSUER = "https://tenant.example.auth0.com/"
@@ -123,9 +127,6 @@ class TestTokenVerifier:
         signing_input = (
             f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims()).encode())}".encode()
         )
-        import hashlib
-        import hmac
-
         sig = hmac.new(public_pem(KEY), signing_input, hashlib.sha256).digest()
         with pytest.raises(InvalidToken):
             await verifier.verify(f"{signing_input.decode()}.{b64(sig)}")
@@ -232,9 +233,27 @@ def jwks_server() -> Iterator[JwksServer]:
         yield server
 
 
-def auth0_verifier(url: str, *, cooldown: float = 10.0) -> tuple[TokenVerifier, JwksKeyResolver]:
-    resolver = JwksKeyResolver(url, cache_seconds=600, timeout_seconds=2, cooldown_seconds=cooldown)
-    return TokenVerifier(resolver, issuer=ISSUER, audience=AUDIENCE, leeway=30), resolver
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def auth0_verifier(
+    url: str, *, cooldown: float = 10.0, cache_seconds: float = 600, clock: Clock | None = None
+) -> TokenVerifier:
+    resolver = JwksKeyResolver(
+        url,
+        cache_seconds=cache_seconds,
+        timeout_seconds=2,
+        cooldown_seconds=cooldown,
+        clock=clock or Clock(),
+    )
+    return TokenVerifier(resolver, issuer=ISSUER, audience=AUDIENCE, leeway=30)
 
 
 class TestJwksKeyResolver:
@@ -242,7 +261,7 @@ class TestJwksKeyResolver:
         self, jwks_server: JwksServer
     ) -> None:
         jwks_server.keys = [jwk(KEY, KID)]
-        verifier, _ = auth0_verifier(jwks_server.url)
+        verifier = auth0_verifier(jwks_server.url)
         for _ in range(5):
             assert (await verifier.verify(token())).sub == "auth0|alice"
         assert jwks_server.hits == 1
@@ -251,10 +270,11 @@ class TestJwksKeyResolver:
         self, jwks_server: JwksServer
     ) -> None:
         jwks_server.keys = [jwk(KEY, KID)]
-        verifier, _ = auth0_verifier(jwks_server.url, cooldown=0.2)
+        clock = Clock()
+        verifier = auth0_verifier(jwks_server.url, cooldown=10, clock=clock)
         await verifier.verify(token())
         jwks_server.keys = [jwk(KEY, KID), jwk(OTHER_KEY, "key-2")]
-        time.sleep(0.25)
+        clock.now += 11
         principal = await verifier.verify(token(key=OTHER_KEY, kid="key-2"))
         assert principal.sub == "auth0|alice"
         assert jwks_server.hits == 2
@@ -263,7 +283,7 @@ class TestJwksKeyResolver:
         self, jwks_server: JwksServer
     ) -> None:
         jwks_server.keys = [jwk(KEY, KID)]
-        verifier, _ = auth0_verifier(jwks_server.url, cooldown=10)
+        verifier = auth0_verifier(jwks_server.url, cooldown=10)
         await verifier.verify(token())
         for i in range(50):
             with pytest.raises(InvalidToken):
@@ -271,10 +291,8 @@ class TestJwksKeyResolver:
         assert jwks_server.hits == 1
 
     async def test_concurrent_cold_start_fetches_once(self, jwks_server: JwksServer) -> None:
-        import asyncio
-
         jwks_server.keys = [jwk(KEY, KID)]
-        verifier, _ = auth0_verifier(jwks_server.url)
+        verifier = auth0_verifier(jwks_server.url)
         results = await asyncio.gather(*(verifier.verify(token()) for _ in range(20)))
         assert len(results) == 20
         assert jwks_server.hits == 1
@@ -287,34 +305,35 @@ class TestJwksKeyResolver:
         ec_jwk.update({"kid": "ec", "use": "sig"})
         rs512 = jwk(KEY, "rs512") | {"alg": "RS512"}
         jwks_server.keys = [ec_jwk, rs512, jwk(KEY, KID)]
-        verifier, _ = auth0_verifier(jwks_server.url, cooldown=0)
+        verifier = auth0_verifier(jwks_server.url, cooldown=0)
         await verifier.verify(token())
         with pytest.raises(InvalidToken):
             await verifier.verify(token(kid="rs512"))
         with pytest.raises(InvalidToken):
-            await verifier.verify(jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec"}))
+            await verifier.verify(
+                jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec"})
+            )
 
     async def test_unreachable_jwks_is_unavailable_not_unauthorized(self) -> None:
-        verifier, _ = auth0_verifier("http://127.0.0.1:9/.well-known/jwks.json")
+        verifier = auth0_verifier("http://127.0.0.1:9/.well-known/jwks.json")
         with pytest.raises(KeysUnavailable):
             await verifier.verify(token())
 
     async def test_garbage_jwks_is_unavailable(self, jwks_server: JwksServer) -> None:
         jwks_server.body = b"<html>oops</html>"
-        verifier, _ = auth0_verifier(jwks_server.url)
+        verifier = auth0_verifier(jwks_server.url)
         with pytest.raises(KeysUnavailable):
             await verifier.verify(token())
 
     async def test_known_keys_survive_a_failed_refresh(self, jwks_server: JwksServer) -> None:
         jwks_server.keys = [jwk(KEY, KID)]
-        resolver = JwksKeyResolver(
-            jwks_server.url, cache_seconds=0.1, timeout_seconds=2, cooldown_seconds=0
-        )
-        verifier = TokenVerifier(resolver, issuer=ISSUER, audience=AUDIENCE, leeway=30)
+        clock = Clock()
+        verifier = auth0_verifier(jwks_server.url, cooldown=0, cache_seconds=60, clock=clock)
         await verifier.verify(token())
         jwks_server.body = b"not json"
-        time.sleep(0.15)
+        clock.now += 61
         assert (await verifier.verify(token())).sub == "auth0|alice"
+        assert jwks_server.hits == 2
 
 
 class TestDevIssuer:

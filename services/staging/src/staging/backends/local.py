@@ -907,7 +907,7 @@ def _sideboard(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
 
 
 def _desk(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
-    """A desk with a drawer pedestal, a monitor, a lamp and a small plant."""
+    """A desk facing the camera: pedestal, modesty panel, an open laptop, lamp and decor."""
     h = 0.75
     t = 0.04 * p.chunk
     side = rng.choice((-1, 1))
@@ -915,21 +915,14 @@ def _desk(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ra
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - t, legs_p, inset=0.04)
     px0, px1 = (w / 2 - 0.42, w / 2 - 0.02) if side > 0 else (-w / 2 + 0.02, -w / 2 + 0.42)
     r.box(fr, px0, px1, 0.05, h - t, -d / 2 + 0.04, d / 2 - 0.04, _scale(p.wood, 0.95))
-    for k in range(3):
-        y = 0.08 + k * (h - t - 0.1) / 3
-        r.box(fr, px0 + 0.02, px1 - 0.02, y, y + (h - t - 0.1) / 3 - 0.02, -d / 2 + 0.03,
-              -d / 2 + 0.04, _scale(p.wood, 1.05))
+    r.box(fr, -w / 2 + 0.05, w / 2 - 0.05, h - t - 0.3, h - t, -d / 2 + 0.1, -d / 2 + 0.12,
+          _scale(p.wood, 0.9))
     r.box(fr, -w / 2, w / 2, h - t, h, -d / 2, d / 2, p.wood)
-    screen = (28, 30, 34)
-    r.beam(fr.world(0, h + 0.12, 0.12), fr.world(0, h, 0.12), 0.04, 0.04, (60, 60, 62))
-    r.box(fr, -0.12, 0.12, h, h + 0.015, 0.06, 0.2, (70, 70, 72))
-    r.box(fr, -0.3, 0.3, h + 0.1, h + 0.45, 0.12, 0.14, screen)
-    u0, v0 = r.project(fr.world(-0.27, h + 0.42, 0.119))
-    u1, v1 = r.project(fr.world(0.27, h + 0.13, 0.119))
-    r.draw.rectangle((u0, v0, u1, v1), fill=(58, 72, 92, 255))
-    r.draw.polygon([(u0, v1), (u0 + (u1 - u0) * 0.35, v0), (u0 + (u1 - u0) * 0.5, v0),
-                    (u0 + (u1 - u0) * 0.15, v1)], fill=(82, 98, 120, 255))
-    r.box(fr, -0.22, 0.22, h, h + 0.02, -0.22, -0.08, (225, 225, 222))
+    shell = (182, 184, 188)
+    r.box(fr, -0.17, 0.17, h, h + 0.015, -0.02, 0.22, shell)
+    r.solid(prism_faces(fr, [(h + 0.015, -0.04), (h + 0.24, -0.08), (h + 0.24, -0.07),
+                             (h + 0.015, -0.03)], -0.17, 0.17), shell)
+    _book_stack(r, fr, side * (w / 2 - 0.45), -0.05, h, p, rng)
     _table_lamp(r, fr, side * (w / 2 - 0.18), 0.1, h, p)
     _vase(r, fr, -side * (w / 2 - 0.15), 0.05, h, p.pot, 0.12, rng)
 
@@ -1042,6 +1035,55 @@ def _vanity(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.
     r.beam(fr.world(0, h + 0.3, 0.17), fr.world(0, h, 0.17), 0.025, 0.025, p.metal)
     r.beam(fr.world(0, h + 0.3, 0.17), fr.world(0, h + 0.28, 0.08), 0.02, 0.02, p.metal)
     _vase(r, fr, w / 2 - 0.12, 0.05, h, p.pot, 0.14, rng)
+
+
+def oval_faces(fr: Frame, rx0: float, rz0: float, rx1: float, rz1: float, y0: float,
+               y1: float, power: float = 2.0, segments: int = 28) -> list[Face]:
+    """A vertical solid on a superellipse footprint (local radii at bottom and top)."""
+    rings: list[list[Vec3]] = [[], []]
+    for i in range(segments):
+        t = 2 * math.pi * i / segments
+        ct, st = math.cos(t), math.sin(t)
+        ex = math.copysign(abs(ct) ** (2 / power), ct)
+        ez = math.copysign(abs(st) ** (2 / power), st)
+        rings[0].append(fr.world(rx0 * ex, y0, rz0 * ez))
+        rings[1].append(fr.world(rx1 * ex, y1, rz1 * ez))
+    faces = [rings[0], rings[1][::-1]]
+    for i in range(segments):
+        j = (i + 1) % segments
+        faces.append([rings[0][i], rings[0][j], rings[1][j], rings[1][i]])
+    return faces
+
+
+def _bathtub(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
+    """A freestanding oval bathtub with a floor-standing tap."""
+    h = 0.58
+    white = (246, 246, 244)
+    lift = 0.0
+    if p.legs in ("turned", "chunky", "tapered"):
+        lift = 0.1
+        for sx in (-1, 1):
+            for sz in (-1, 1):
+                r.blob(fr.world(sx * w * 0.36, 0.05, sz * d * 0.3), 0.04, 0.05, p.metal)
+    tap_x = -w / 2 - 0.12
+    r.beam(fr.world(tap_x, h + 0.28, 0.0), fr.world(tap_x, 0.0, 0.0), 0.03, 0.03, p.metal)
+    r.beam(fr.world(tap_x, h + 0.28, 0.0), fr.world(tap_x + 0.18, h + 0.24, 0.0), 0.025, 0.02,
+           p.metal)
+    r.solid(oval_faces(fr, w * 0.42, d * 0.4, w / 2, d / 2, lift, h, power=2.6), white,
+            edge=False, gradient=0.12)
+    r.floor_poly(fr, _superellipse(w / 2 - 0.05, d / 2 - 0.05, 2.6), (200, 206, 210), y=h)
+    r.floor_poly(fr, [(x * 0.9 + 0.03, z * 0.8 + 0.03) for x, z in
+                      _superellipse(w / 2 - 0.1, d / 2 - 0.1, 2.6)], (222, 228, 232), y=h)
+
+
+def _superellipse(rx: float, rz: float, power: float, n: int = 28) -> list[tuple[float, float]]:
+    pts = []
+    for i in range(n):
+        t = 2 * math.pi * i / n
+        ct, st = math.cos(t), math.sin(t)
+        pts.append((rx * math.copysign(abs(ct) ** (2 / power), ct),
+                    rz * math.copysign(abs(st) ** (2 / power), st)))
+    return pts
 
 
 def _towel_stand(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
@@ -1190,7 +1232,7 @@ def _bedroom(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
 def _kitchen(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     w = rng.choice((2.1, 2.4, 2.6))
     shift = rng.uniform(-0.3, 0.3)
-    z = room.back - 2.0 - rng.uniform(0.0, 0.3)
+    z = room.back - 2.3 - rng.uniform(0.0, 0.3)
     stools = max(2, round(w / 0.62))
     items = [Placed(_kitchen_island, shift, z, w, 1.0)]
     for i in range(stools):
@@ -1214,16 +1256,16 @@ def _bathroom(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_rug, vx, room.back - 1.05, 1.0, 0.65, kind="rug"),
         Placed(_mirror, vx, room.back, min(0.85, vw - 0.2), 0.72, kind="wall"),
         Placed(_vanity, vx, room.back - 0.27, vw, 0.5),
-        Placed(_bathtub, -side * 0.55, room.back - 1.2, 1.7, 0.8, optional=True),
-        Placed(_towel_stand, -side * 1.7, room.back - 0.5, 0.5, 0.3),
-        Placed(_stool, vx - side * 0.15, room.back - 1.9, 0.34, 0.34, optional=True),
-        Placed(_plant, side * 1.5, room.back - 2.1, 0.45, 0.45, optional=True),
+        Placed(_bathtub, -side * 0.5, room.back - 1.5, 1.7, 0.8),
+        Placed(_towel_stand, -side * 1.75, room.back - 0.6, 0.5, 0.3),
+        Placed(_stool, -side * 1.55, room.back - 2.3, 0.36, 0.36, optional=True),
+        Placed(_plant, side * 1.45, room.back - 2.3, 0.5, 0.5, optional=True),
     ]
 
 
 def _dining_room(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     shift = rng.uniform(-0.3, 0.3)
-    z = room.back - 2.1 - rng.uniform(0.0, 0.3)
+    z = room.back - 2.4 - rng.uniform(0.0, 0.3)
     tw, td = (1.3, 1.3) if p.round_tables else (rng.choice((1.8, 2.0)), 1.0)
     items = [
         Placed(_rug, shift, z, tw + 1.4, td + 1.4, kind="rug", optional=p.sparse),
@@ -1249,9 +1291,9 @@ def _office(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     side = rng.choice((-1, 1))
     dx = -side * rng.uniform(0.1, 0.4)
     desk_w = rng.choice((1.4, 1.6))
-    desk_z = room.back - 1.6 - rng.uniform(0.0, 0.3)
+    desk_z = room.back - 2.0 - rng.uniform(0.0, 0.3)
     return [
-        Placed(_rug, dx, desk_z, 2.4, 2.0, kind="rug", optional=True),
+        Placed(_rug, dx, desk_z + 0.2, 2.6, 2.2, kind="rug", optional=True),
         Placed(_bookshelf, side * 1.4, room.back - 0.2, 1.0, 0.35),
         Placed(_office_chair, dx + rng.uniform(-0.15, 0.15), desk_z + 0.75, 0.6, 0.6,
                yaw=rng.uniform(-0.3, 0.3)),
@@ -1265,19 +1307,19 @@ def _entryway(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     shift = rng.uniform(-0.3, 0.3)
     side = rng.choice((-1, 1))
     return [
-        Placed(_rug, shift, room.back - 2.0, 1.0, 3.0, kind="rug"),
+        Placed(_rug, shift, room.back - 2.2, 1.0, 3.6, kind="rug"),
         Placed(_mirror, shift, room.back, 0.8, 0.8, kind="wall"),
         Placed(_console, shift, room.back - 0.2, 1.4, 0.38),
         Placed(_plant, shift - side * 1.2, room.back - 0.5, 0.45, 0.45, optional=True),
-        Placed(_bench, side * 1.35, room.back - 2.2, 1.2, 0.42),
-        Placed(_planter, -side * 1.45, room.back - 2.6, 0.4, 0.4, optional=True),
+        Placed(_bench, side * 1.3, room.back - 2.6, 1.2, 0.42),
+        Placed(_plant, -side * 1.4, room.back - 2.9, 0.5, 0.5, optional=True),
     ]
 
 
 def _outdoor(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     side = rng.choice((-1, 1))
     tx = -side * rng.uniform(0.4, 0.7)
-    tz = room.back - 2.1
+    tz = room.back - 2.4
     return [
         Placed(_rug, tx, tz, 2.4, 2.2, kind="rug", optional=True),
         Placed(_planter, -side * 0.2, room.back - 0.35, 0.6, 0.6, optional=True),
@@ -1286,7 +1328,7 @@ def _outdoor(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_chair, tx, tz + 0.7, 0.48, 0.5),
         Placed(_chair, tx - 0.72, tz, 0.48, 0.5, yaw=-math.pi / 2),
         Placed(_chair, tx + 0.72, tz, 0.48, 0.5, yaw=math.pi / 2),
-        Placed(_lounge_chair, side * 1.35, room.back - 2.2, 0.75, 1.95),
+        Placed(_lounge_chair, side * 1.35, room.back - 2.5, 0.75, 1.95),
     ]
 
 
