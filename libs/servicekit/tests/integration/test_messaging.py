@@ -141,7 +141,13 @@ class TestConsumer:
                 await _publish_raw(infra, spec, body)
             await _publish_raw(infra, spec, good.model_dump_json().encode())
             await wait_for(lambda: handled == [good.event_id], within=10)
-            parked = await wait_for(lambda: _drain_at_least(amqp, spec.dead_letter, 3), within=10)
+            parked: list[Any] = []
+
+            async def three_parked() -> bool:
+                parked.extend(await _drain(amqp, spec.dead_letter))
+                return len(parked) >= 3
+
+            await wait_for(three_parked, within=10)
         finally:
             await broker.stop()
             await _delete(amqp, spec)

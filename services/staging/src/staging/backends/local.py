@@ -30,7 +30,7 @@ CEILING_M = 2.7
 HORIZON_ABOVE_FLOOR_LINE = 0.18
 DEFAULT_FLOOR_LINE = 0.55
 FLOOR_SEARCH_BAND = (0.35, 0.70)
-SIDE_MARGIN = 0.08
+SIDE_MARGIN = 0.12
 MAX_COVERAGE = 0.36
 _LIGHT = (-0.342, 0.830, -0.440)
 _SHADOW_SCALE = 4
@@ -931,7 +931,7 @@ def _office_chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
                   rng: random.Random) -> None:
     """A swivel chair: five-star base on casters, gas lift, seat and a tall backrest."""
     dark = (44, 44, 46)
-    fabric = p.fabric if p.legs != "plinth" else _scale(p.fabric, 0.6)
+    fabric = _mix(p.fabric, (40, 40, 44), 0.45)
     for k in range(5):
         a = 2 * math.pi * k / 5 + 0.3
         end = fr.world(0.3 * math.cos(a), 0.06, 0.3 * math.sin(a))
@@ -1088,21 +1088,24 @@ def _superellipse(rx: float, rz: float, power: float, n: int = 28) -> list[tuple
 
 def _towel_stand(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
                  rng: random.Random) -> None:
-    """A towel ladder stand with a striped towel draped over its top rail."""
-    h = 1.1
+    """A towel ladder leaning on the wall with a striped towel over one rung."""
+    h = 1.5
     frame = p.wood if p.legs not in ("metal", "plinth") else p.metal
     for sx in (-1, 1):
-        r.beam(fr.world(sx * w / 2, h, 0.06), fr.world(sx * w / 2, 0.0, -0.06), 0.035, 0.035,
+        r.beam(fr.world(sx * w / 2, h, d / 2), fr.world(sx * w / 2, 0.0, -d / 2), 0.04, 0.04,
                frame)
-    for y in (0.35, 0.7, h - 0.03):
-        t = (h - y) / h
-        z = -0.06 + 0.12 * (1 - t)
-        r.beam(fr.world(-w / 2, y, z), fr.world(w / 2, y, z), 0.025, 0.025, frame)
-    towel = p.linen if rng.random() < 0.5 else p.accent
-    zt = 0.05
-    r.box(fr, -w / 2 + 0.07, w / 2 - 0.07, 0.45, h, zt - 0.02, zt, towel)
-    r.box(fr, -w / 2 + 0.07, w / 2 - 0.07, 0.55, 0.6, zt - 0.021, zt - 0.02,
-          _scale(p.accent if towel != p.accent else p.linen, 0.95))
+    rungs = 5
+    for k in range(1, rungs + 1):
+        y = h * k / (rungs + 0.3)
+        z = -d / 2 + d * y / h
+        r.beam(fr.world(-w / 2, y, z), fr.world(w / 2, y, z), 0.028, 0.028, _scale(frame, 0.9))
+    towel = p.accent if rng.random() < 0.5 else p.linen
+    stripe = p.linen if towel == p.accent else p.accent
+    y_top = h * 4 / (rungs + 0.3)
+    z = -d / 2 + d * y_top / h - 0.03
+    r.box(fr, -w / 2 + 0.06, w / 2 - 0.06, y_top - 0.55, y_top + 0.02, z - 0.02, z, towel)
+    r.box(fr, -w / 2 + 0.06, w / 2 - 0.06, y_top - 0.45, y_top - 0.41, z - 0.021, z - 0.02,
+          stripe, edge=False)
 
 
 def _stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
@@ -1257,7 +1260,7 @@ def _bathroom(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_mirror, vx, room.back, min(0.85, vw - 0.2), 0.72, kind="wall"),
         Placed(_vanity, vx, room.back - 0.27, vw, 0.5),
         Placed(_bathtub, -side * 0.5, room.back - 1.5, 1.7, 0.8),
-        Placed(_towel_stand, -side * 1.75, room.back - 0.6, 0.5, 0.3),
+        Placed(_towel_stand, -side * 1.75, room.back - 0.25, 0.5, 0.4),
         Placed(_stool, -side * 1.55, room.back - 2.3, 0.36, 0.36, optional=True),
         Placed(_plant, side * 1.45, room.back - 2.3, 0.5, 0.5, optional=True),
     ]
@@ -1295,7 +1298,7 @@ def _office(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     return [
         Placed(_rug, dx, desk_z + 0.2, 2.6, 2.2, kind="rug", optional=True),
         Placed(_bookshelf, side * 1.4, room.back - 0.2, 1.0, 0.35),
-        Placed(_office_chair, dx + rng.uniform(-0.15, 0.15), desk_z + 0.75, 0.6, 0.6,
+        Placed(_office_chair, dx + side * rng.uniform(0.2, 0.35), desk_z + 0.75, 0.6, 0.6,
                yaw=rng.uniform(-0.3, 0.3)),
         Placed(_desk, dx, desk_z, desk_w, 0.72),
         Placed(_plant, -side * 1.5, desk_z + 0.6, 0.5, 0.5, optional=True),
@@ -1312,7 +1315,7 @@ def _entryway(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_console, shift, room.back - 0.2, 1.4, 0.38),
         Placed(_plant, shift - side * 1.2, room.back - 0.5, 0.45, 0.45, optional=True),
         Placed(_bench, side * 1.3, room.back - 2.6, 1.2, 0.42),
-        Placed(_plant, -side * 1.4, room.back - 2.9, 0.5, 0.5, optional=True),
+        Placed(_plant, -side * 1.1, room.back - 1.3, 0.4, 0.4, optional=True),
     ]
 
 
