@@ -8,6 +8,7 @@ allow-list of headers crosses in either direction: the caller's `Authorization` 
 from __future__ import annotations
 
 import logging
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,9 @@ class Forwarder:
             ),
             follow_redirects=False,
             trust_env=False,
+            # One client serves every user: a cookie set for one must never ride along with
+            # another's request, so the jar accepts nothing.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
 
     async def close(self) -> None:

@@ -167,7 +167,7 @@ def estimate_floor_line(photo: Image.Image) -> float:
         return DEFAULT_FLOOR_LINE
     rows = min(h, 200)
     strip = photo.crop((w // 4, 0, max(w // 4 + 1, 3 * w // 4), h)).convert("L")
-    means = list(strip.resize((1, rows), Image.Resampling.BOX).getdata())
+    means = list(strip.resize((1, rows), Image.Resampling.BOX).tobytes())
     lo, hi = int(FLOOR_SEARCH_BAND[0] * rows), int(FLOOR_SEARCH_BAND[1] * rows)
     best, best_row = 0.0, -1
     for i in range(max(lo, 2), min(hi, rows - 2)):
@@ -464,7 +464,9 @@ def _legs(r: Renderer, fr: Frame, x0: float, x1: float, z0: float, z1: float, h:
     """Four legs under a footprint, drawn back pair first, in the style's leg shape."""
     wood = color or p.wood
     if p.legs == "plinth":
-        r.box(fr, x0 + 0.06, x1 - 0.06, 0.0, h, z0 + 0.06, z1 - 0.06, _scale(wood, 0.45))
+        # A tall plinth reads as a solid block base, a low one as a shadowed recess.
+        tone = _scale(wood, 0.45) if h <= 0.12 else _scale(wood, 0.9)
+        r.box(fr, x0 + 0.06, x1 - 0.06, 0.0, h, z0 + 0.06, z1 - 0.06, tone)
         return
     corners = [(x0 + inset, z1 - inset), (x1 - inset, z1 - inset), (x0 + inset, z0 + inset),
                (x1 - inset, z0 + inset)]
@@ -944,7 +946,7 @@ def _office_chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
 
     def back_part() -> None:
         r.beam(fr.world(0, 0.62, 0.24), fr.world(0, 0.46, 0.22), 0.05, 0.05, dark)
-        r.box(fr, -0.23, 0.23, 0.58, 1.08, 0.22, 0.28, fabric, round_front=0.08, gradient=0.15)
+        r.box(fr, -0.25, 0.25, 0.58, 1.16, 0.22, 0.28, fabric, round_front=0.08, gradient=0.15)
 
     back = fr.world(0, 0, 0.25)
     if math.hypot(back[0], back[2]) > math.hypot(fr.x, fr.z):
@@ -1299,7 +1301,7 @@ def _office(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_rug, dx, desk_z + 0.2, 2.6, 2.2, kind="rug", optional=True),
         Placed(_bookshelf, side * 1.4, room.back - 0.2, 1.0, 0.35),
         Placed(_office_chair, dx + side * rng.uniform(0.2, 0.35), desk_z + 0.75, 0.6, 0.6,
-               yaw=rng.uniform(-0.3, 0.3)),
+               yaw=side * rng.uniform(0.3, 0.6)),
         Placed(_desk, dx, desk_z, desk_w, 0.72),
         Placed(_plant, -side * 1.5, desk_z + 0.6, 0.5, 0.5, optional=True),
         Placed(_floor_lamp, side * 1.75, desk_z - 0.2, 0.4, 0.4, optional=True),

@@ -64,14 +64,14 @@ class _Room:
 
 def _floor_boards(room: _Room, rng: random.Random, wood: RGB) -> None:
     plank = 0.19
-    gap = _scale(wood, 0.55)
+    gap = _scale(wood, 0.72)
     x = -_HALF_WIDTH_M
     while x < _HALF_WIDTH_M:
         z = _NEAR_M + rng.uniform(0.0, 1.5)
         start = _NEAR_M
         while start < _BACK_M:
             end = min(_BACK_M, z)
-            tone = _jitter(rng, wood, 0.09)
+            tone = _jitter(rng, wood, 0.06)
             room.poly(
                 [(x, 0, start), (x + plank, 0, start), (x + plank, 0, end), (x, 0, end)],
                 fill=tone,
