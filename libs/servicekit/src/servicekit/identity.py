@@ -7,10 +7,10 @@ import uuid
 from typing import Annotated, Any
 
 import jwt
-from contracts.enums import Role
-from contracts.identity import ALGORITHM, HEADER, ISSUER, LIFETIME_SECONDS, Identity
 from fastapi import Depends, Request
 
+from contracts.enums import Role
+from contracts.identity import ALGORITHM, HEADER, ISSUER, LIFETIME_SECONDS, Identity
 from servicekit.errors import Forbidden, Unauthorized
 
 

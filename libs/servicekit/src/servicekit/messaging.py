@@ -14,14 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from contracts.events import Envelope, Event, parse_envelope
-from contracts.topology import ALL_QUEUES, EXCHANGE, QueueSpec
 from faststream import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange
 from faststream.rabbit import RabbitQueue as FSQueue
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
+from contracts.events import Envelope, Event, parse_envelope
+from contracts.topology import ALL_QUEUES, EXCHANGE, QueueSpec
 from servicekit.logs import request_id_var
 from servicekit.outbox import OutboxMessage
 

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from contracts.events import Envelope, Event
 from sqlalchemy import DateTime, Index, Integer, String, Text, delete, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from contracts.events import Envelope, Event
 from servicekit.db import Base, unit_of_work
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from contracts.identity import REQUEST_ID_HEADER
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.rabbit import RabbitBroker
@@ -20,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts.identity import REQUEST_ID_HEADER
 from servicekit.db import create_engine, create_sessionmaker, ping
 from servicekit.errors import error_body, install_error_handlers
 from servicekit.logs import configure_logging, request_id_var

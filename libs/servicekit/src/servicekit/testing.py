@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from alembic import command
-from contracts.enums import Role
-from contracts.identity import HEADER, Identity
 from fastapi import FastAPI
 
+from contracts.enums import Role
+from contracts.identity import HEADER, Identity
 from servicekit.cli import alembic_config
 from servicekit.identity import sign_identity
 
@@ -66,18 +69,45 @@ def _from_containers(stack: contextlib.ExitStack) -> InfraUrls | None:
     )
 
 
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def private_vhost(amqp_url: str) -> Iterator[str]:
+    """A throwaway RabbitMQ virtual host, so this run's consumers never take another's messages.
+
+    Queue names are fixed by the topology, so a test run sharing a vhost with a running stack
+    (or another test run) would compete with it for the same queues.
+    """
+    if shutil.which("rabbitmqctl") is None:
+        yield amqp_url
+        return
+    vhost = f"rs-test-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        user = urlsplit(amqp_url).username or "guest"
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        parts = urlsplit(amqp_url)
+        yield parts._replace(path=f"/{vhost}").geturl()
+    finally:
+        with contextlib.suppress(Exception):
+            _rabbitmqctl("delete_vhost", vhost)
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[InfraUrls]:
-    """The PostgreSQL, RabbitMQ and S3 this test run uses."""
+    """The PostgreSQL, RabbitMQ (a private vhost) and S3 this test run uses."""
     env = os.environ
     if env.get("TEST_PG_URL") and env.get("TEST_AMQP_URL") and env.get("TEST_S3_ENDPOINT"):
-        yield InfraUrls(
-            pg_base_url=env["TEST_PG_URL"].rstrip("/"),
-            amqp_url=env["TEST_AMQP_URL"],
-            s3_endpoint=env["TEST_S3_ENDPOINT"],
-            s3_access_key=env.get("TEST_S3_ACCESS_KEY", "realstaging"),
-            s3_secret_key=env.get("TEST_S3_SECRET_KEY", "realstaging-secret"),
-        )
+        with private_vhost(env["TEST_AMQP_URL"]) as amqp_url:
+            yield InfraUrls(
+                pg_base_url=env["TEST_PG_URL"].rstrip("/"),
+                amqp_url=amqp_url,
+                s3_endpoint=env["TEST_S3_ENDPOINT"],
+                s3_access_key=env.get("TEST_S3_ACCESS_KEY", "realstaging"),
+                s3_secret_key=env.get("TEST_S3_SECRET_KEY", "realstaging-secret"),
+            )
         return
     with contextlib.ExitStack() as stack:
         urls = _from_containers(stack)
