@@ -64,6 +64,8 @@ def run_migrations(metadata: MetaData, database_url: str) -> None:
     def do_run(connection: Connection) -> None:
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():
+            # Replicas starting together migrate one at a time; the later ones find head.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7316482093)"))
             context.run_migrations()
 
     async def run_async() -> None:

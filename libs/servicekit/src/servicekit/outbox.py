@@ -159,6 +159,7 @@ class OutboxRelay:
 
     async def relay_batch(self) -> int:
         """Publish one batch of pending rows; return how many were sent."""
+        failure: tuple[uuid.UUID, str] | None = None
         async with unit_of_work(self._sessionmaker) as session:
             rows = (
                 await session.scalars(
@@ -177,12 +178,13 @@ class OutboxRelay:
                     # Keep what was confirmed; the failed row stays pending for the next pass.
                     row.attempts += 1
                     row.last_error = str(exc)[:500]
-                    if sent == 0:
-                        raise
+                    failure = (row.id, row.last_error)
                     break
                 row.published_at = datetime.now(UTC)
                 sent += 1
-            return sent
+        if failure is not None and sent == 0:
+            raise ConnectionError(f"could not publish outbox row {failure[0]}: {failure[1]}")
+        return sent
 
     async def _maybe_prune(self) -> None:
         now = datetime.now(UTC)

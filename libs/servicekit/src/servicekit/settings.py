@@ -22,6 +22,33 @@ PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "develo
 DEV_INTERNAL_SECRET = "development-only-internal-secret-do-not-deploy"
 
 
+SHARED_FIELDS = frozenset(
+    {
+        "environment",
+        "host",
+        "port",
+        "log_level",
+        "amqp_url",
+        "internal_secret",
+        "s3_endpoint",
+        "s3_public_endpoint",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_bucket",
+        "s3_region",
+    }
+)
+"""Settings that may be given stack-wide without a prefix; never a service's own database."""
+
+
+class SharedEnvSource(EnvSettingsSource):
+    """Unprefixed environment variables, for the stack-wide settings only."""
+
+    def __call__(self) -> dict[str, Any]:
+        """Read the whitelisted settings."""
+        return {k: v for k, v in super().__call__().items() if k in SHARED_FIELDS}
+
+
 class Environment(StrEnum):
     """Where a service runs; production refuses development shortcuts."""
 
@@ -59,7 +86,7 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Prefixed variables first, then the stack-wide unprefixed names."""
-        shared = EnvSettingsSource(settings_cls, env_prefix="", case_sensitive=False)
+        shared = SharedEnvSource(settings_cls, env_prefix="", case_sensitive=False)
         return (init_settings, env_settings, shared, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="after")

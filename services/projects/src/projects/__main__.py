@@ -1,9 +1,8 @@
 """`python -m projects [serve|migrate|downgrade]`."""
 
-from servicekit.cli import run
-
 from projects.app import create_app
 from projects.settings import ProjectsSettings
+from servicekit.cli import run
 
 
 def main() -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from contracts.enums import ImageStatus
+import zipstream
 from fastapi import APIRouter, File, Query, Response, UploadFile, status
-from servicekit.errors import NotFound, ServiceError
-from servicekit.identity import CurrentIdentity
+from fastapi.responses import StreamingResponse
 
+from contracts.enums import ImageStatus
 from projects.deps import ServiceDep, SettingsDep, StorageDep
 from projects.errors import InvalidUpload
 from projects.media import SNIFF_BYTES, sniff_image_type
@@ -33,11 +34,15 @@ from projects.schemas import (
     UploadOut,
     UsageOut,
 )
-from projects.service import upload_key
+from projects.service import download_stem, upload_key
+from servicekit.errors import NotFound, ServiceError
+from servicekit.identity import CurrentIdentity
 
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=100)]
+MAX_ZIP_IMAGES = 1000
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def image_out(image: Image) -> ImageOut:
@@ -244,7 +249,7 @@ async def download_image(
 ) -> DownloadOut:
     """A short-lived link to the original or the staged photo."""
     image = await svc.image(who, image_id)
-    stem = PurePosixPath(image.original_filename or "photo").stem or "photo"
+    stem = download_stem(image.original_filename)
     if kind == "staged":
         if image.staged_key is None or image.status != ImageStatus.READY:
             raise NotFound("This photo has no staged version yet.", code="not_staged")
@@ -256,6 +261,48 @@ async def download_image(
     ttl = settings.download_url_ttl_seconds
     url = await storage.presign_get(key, timedelta(seconds=ttl), filename=filename)
     return DownloadOut(url=url, filename=filename, expires_in=ttl)
+
+
+@router.get(
+    "/projects/{project_id}/download.zip",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+async def download_project(
+    project_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep, storage: StorageDep
+) -> StreamingResponse:
+    """Every staged photo of a project as one zip, streamed as it is read from storage."""
+    project = await svc.project(who, project_id)
+    images = await svc.images.list(project_id, ImageStatus.READY, None, MAX_ZIP_IMAGES)
+    if not images:
+        raise NotFound("This project has no staged photos yet.", code="nothing_to_download")
+    archive = zipstream.ZipStream(compress_type=zipstream.ZIP_STORED)
+    names: set[str] = set()
+    for image in images:
+        if image.staged_key is None:
+            continue
+        stem = download_stem(image.original_filename)
+        name = unique_name(f"{stem}-staged{PurePosixPath(image.staged_key).suffix}", names)
+        # Each member is read lazily, chunk by chunk, while the response is being sent.
+        archive.add(storage.iter_chunks(image.staged_key), name)
+    filename = f"{_UNSAFE_NAME.sub('-', project.name).strip('-') or 'project'}-staged.zip"
+    return StreamingResponse(
+        iter(archive),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name` with a counter, so two photos never overwrite each other in a zip."""
+    candidate = name
+    path = PurePosixPath(name)
+    counter = 2
+    while candidate in taken:
+        candidate = f"{path.stem}-{counter}{path.suffix}"
+        counter += 1
+    taken.add(candidate)
+    return candidate
 
 
 @router.get("/usage", response_model=UsageOut)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from servicekit.runtime import Runtime, create_service_app
-from servicekit.settings import ServiceSettings
-from servicekit.storage import Storage
 
 from projects import api, consumers
 from projects.settings import ProjectsSettings
+from servicekit.runtime import Runtime, create_service_app
+from servicekit.settings import ServiceSettings
+from servicekit.storage import Storage
 
 logger = logging.getLogger(__name__)
 

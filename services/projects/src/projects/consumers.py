@@ -7,11 +7,10 @@ from typing import Any
 
 from contracts.events import Envelope, ImageFailed, ImageProcessing, ImageReady, SubscriptionUpdated
 from contracts.topology import PROJECTS_ENTITLEMENTS, PROJECTS_IMAGE_STATUS
+from projects.service import apply_entitlement, apply_status
 from servicekit.messaging import Consumer
 from servicekit.outbox import apply_once
 from servicekit.runtime import Runtime
-
-from projects.service import apply_entitlement, apply_status
 
 
 def register(runtime: Runtime, *, bucket: str) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from servicekit.runtime import SessionDep
-from servicekit.storage import Storage
 
 from projects.service import ProjectsService
 from projects.settings import ProjectsSettings
+from servicekit.runtime import SessionDep
+from servicekit.storage import Storage
 
 
 def get_storage(request: Request) -> Storage:

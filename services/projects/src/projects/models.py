@@ -6,9 +6,6 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from contracts.enums import ImageStatus
-from servicekit.db import Base
-from servicekit.outbox import InboxMessage, OutboxMessage
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -23,6 +20,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from contracts.enums import ImageStatus
+from servicekit.db import Base
+from servicekit.outbox import InboxMessage, OutboxMessage
 
 __all__ = [
     "Base",

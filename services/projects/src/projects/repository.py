@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from contracts.enums import ImageStatus
-from servicekit.errors import ServiceError
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.enums import ImageStatus
 from projects.models import Entitlement, Image, Project, UsageCharge
+from servicekit.errors import ServiceError
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:

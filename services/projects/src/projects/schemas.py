@@ -7,8 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 
-from contracts.enums import ImageStatus, RoomType, Style
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from contracts.enums import ImageStatus, RoomType, Style
 
 T = TypeVar("T")
 

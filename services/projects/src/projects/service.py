@@ -11,6 +11,8 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from contracts.enums import IMAGE_STATUS_RANK, ImageStatus
 from contracts.events import (
     Envelope,
@@ -23,17 +25,15 @@ from contracts.events import (
     SubscriptionUpdated,
 )
 from contracts.identity import Identity
-from servicekit.errors import Conflict
-from servicekit.outbox import add_event
-from servicekit.storage import Storage
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from projects.errors import AllowanceExceeded, ImageNotFound, InvalidUpload, ProjectNotFound
 from projects.media import EXTENSIONS, SNIFF_BYTES, sniff_image_type
 from projects.models import Entitlement, Image, Project, UsageCharge
 from projects.repository import AllowanceRepository, ImageRepository, ProjectRepository
 from projects.schemas import ImageCreate, UsageOut
 from projects.settings import ProjectsSettings
+from servicekit.errors import Conflict
+from servicekit.outbox import add_event
+from servicekit.storage import Storage
 
 PRODUCER = "projects"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -49,6 +49,12 @@ def upload_key(user_id: uuid.UUID, filename: str, content_type: str) -> str:
     stem = _UNSAFE.sub("-", PurePosixPath(filename).stem).strip("-.")[:60] or "photo"
     ext = EXTENSIONS.get(content_type if content_type != "image/heif" else "image/heic", ".jpg")
     return f"{upload_prefix(user_id)}{uuid.uuid4().hex}-{stem}{ext}"
+
+
+def download_stem(original_filename: str | None) -> str:
+    """A file-name stem safe in a header and on every filesystem."""
+    stem = PurePosixPath(original_filename or "photo").stem
+    return _UNSAFE.sub("-", stem).strip("-.")[:80] or "photo"
 
 
 def s3_url(bucket: str, key: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic_settings import SettingsConfigDict
+
 from servicekit.settings import S3Settings, ServiceSettings
 
 

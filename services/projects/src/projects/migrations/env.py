@@ -1,6 +1,7 @@
 """Alembic environment of the projects service."""
 
 from alembic import context
+
 from projects.models import Base
 from servicekit.migrations import run_migrations
 

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from servicekit.migrations import create_outbox_and_inbox, drop_outbox_and_inbox
 from sqlalchemy.dialects import postgresql
+
+from servicekit.migrations import create_outbox_and_inbox, drop_outbox_and_inbox
 
 revision: str = "0001"
 down_revision: str | None = None
