@@ -27,8 +27,12 @@ def contact_sheet(seed: int = 0) -> Image.Image:
             cell = furnish(room, room_type, style, seed).resize(CELL, Image.Resampling.LANCZOS)
             draw = ImageDraw.Draw(cell, "RGBA")
             draw.rectangle((0, CELL[1] - LABEL_HEIGHT, CELL[0], CELL[1]), fill=(0, 0, 0, 150))
-            draw.text((6, CELL[1] - LABEL_HEIGHT + 3), f"{room_type} · {style}",
-                      fill=(255, 255, 255), font=font)
+            draw.text(
+                (6, CELL[1] - LABEL_HEIGHT + 3),
+                f"{room_type} · {style}",
+                fill=(255, 255, 255),
+                font=font,
+            )
             sheet.paste(cell, (col * CELL[0], row * CELL[1]))
     return sheet
 

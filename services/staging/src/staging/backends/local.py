@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from contracts.enums import RoomType, Style
 
@@ -31,7 +31,8 @@ HORIZON_ABOVE_FLOOR_LINE = 0.18
 DEFAULT_FLOOR_LINE = 0.55
 FLOOR_SEARCH_BAND = (0.35, 0.70)
 SIDE_MARGIN = 0.12
-MAX_COVERAGE = 0.36
+MAX_COVERAGE = 0.38
+MAX_RETRIES = 4
 _LIGHT = (-0.342, 0.830, -0.440)
 _SHADOW_SCALE = 4
 
@@ -63,54 +64,142 @@ class Palette:
 
 PALETTES: dict[Style, Palette] = {
     Style.MODERN: Palette(
-        wood=(92, 82, 74), fabric=(122, 124, 128), linen=(224, 224, 222), accent=(36, 104, 150),
-        metal=(38, 38, 40), rug=(188, 186, 182), rug_trim=(112, 112, 116), pot=(58, 58, 60),
-        stone=(236, 236, 234), legs="plinth", rug_pattern="border",
+        wood=(92, 82, 74),
+        fabric=(122, 124, 128),
+        linen=(224, 224, 222),
+        accent=(36, 104, 150),
+        metal=(38, 38, 40),
+        rug=(188, 186, 182),
+        rug_trim=(112, 112, 116),
+        pot=(58, 58, 60),
+        stone=(236, 236, 234),
+        legs="plinth",
+        rug_pattern="border",
     ),
     Style.CONTEMPORARY: Palette(
-        wood=(156, 124, 94), fabric=(170, 162, 152), linen=(234, 230, 224), accent=(96, 128, 108),
-        metal=(182, 152, 98), rug=(204, 196, 184), rug_trim=(150, 140, 128), pot=(176, 174, 168),
-        stone=(226, 222, 214), legs="metal", rug_pattern="solid", upholstered_chairs=True,
+        wood=(156, 124, 94),
+        fabric=(170, 162, 152),
+        linen=(234, 230, 224),
+        accent=(96, 128, 108),
+        metal=(182, 152, 98),
+        rug=(204, 196, 184),
+        rug_trim=(150, 140, 128),
+        pot=(176, 174, 168),
+        stone=(226, 222, 214),
+        legs="metal",
+        rug_pattern="solid",
+        upholstered_chairs=True,
     ),
     Style.TRADITIONAL: Palette(
-        wood=(88, 52, 32), fabric=(128, 44, 50), linen=(230, 218, 196), accent=(40, 62, 104),
-        metal=(176, 146, 84), rug=(140, 48, 44), rug_trim=(38, 56, 98), pot=(44, 70, 118),
-        stone=(222, 214, 200), legs="turned", rug_pattern="medallion", upholstered_chairs=True,
+        wood=(88, 52, 32),
+        fabric=(128, 44, 50),
+        linen=(230, 218, 196),
+        accent=(40, 62, 104),
+        metal=(176, 146, 84),
+        rug=(140, 48, 44),
+        rug_trim=(38, 56, 98),
+        pot=(44, 70, 118),
+        stone=(222, 214, 200),
+        legs="turned",
+        rug_pattern="medallion",
+        upholstered_chairs=True,
     ),
     Style.INDUSTRIAL: Palette(
-        wood=(118, 82, 54), fabric=(128, 80, 48), linen=(188, 184, 176), accent=(168, 66, 42),
-        metal=(34, 34, 36), rug=(90, 90, 94), rug_trim=(140, 140, 142), pot=(96, 96, 98),
-        stone=(120, 120, 122), legs="metal", rug_pattern="stripes", chunk=0.8,
+        wood=(118, 82, 54),
+        fabric=(128, 80, 48),
+        linen=(188, 184, 176),
+        accent=(168, 66, 42),
+        metal=(34, 34, 36),
+        rug=(90, 90, 94),
+        rug_trim=(140, 140, 142),
+        pot=(96, 96, 98),
+        stone=(120, 120, 122),
+        legs="metal",
+        rug_pattern="stripes",
+        chunk=0.8,
     ),
     Style.SCANDINAVIAN: Palette(
-        wood=(216, 186, 142), fabric=(196, 196, 192), linen=(244, 242, 237), accent=(124, 152, 170),
-        metal=(58, 58, 58), rug=(236, 232, 222), rug_trim=(172, 168, 160), pot=(240, 238, 232),
-        stone=(244, 242, 238), legs="slim", rug_pattern="geometric",
+        wood=(216, 186, 142),
+        fabric=(196, 196, 192),
+        linen=(244, 242, 237),
+        accent=(124, 152, 170),
+        metal=(58, 58, 58),
+        rug=(236, 232, 222),
+        rug_trim=(172, 168, 160),
+        pot=(240, 238, 232),
+        stone=(244, 242, 238),
+        legs="slim",
+        rug_pattern="geometric",
     ),
     Style.RUSTIC: Palette(
-        wood=(142, 92, 54), fabric=(154, 124, 92), linen=(224, 210, 186), accent=(162, 72, 44),
-        metal=(56, 50, 46), rug=(170, 128, 88), rug_trim=(110, 70, 44), pot=(160, 96, 62),
-        stone=(142, 96, 60), legs="chunky", rug_pattern="border", chunk=1.3,
+        wood=(142, 92, 54),
+        fabric=(154, 124, 92),
+        linen=(224, 210, 186),
+        accent=(162, 72, 44),
+        metal=(56, 50, 46),
+        rug=(170, 128, 88),
+        rug_trim=(110, 70, 44),
+        pot=(160, 96, 62),
+        stone=(142, 96, 60),
+        legs="chunky",
+        rug_pattern="border",
+        chunk=1.3,
     ),
     Style.COASTAL: Palette(
-        wood=(222, 208, 184), fabric=(238, 234, 224), linen=(250, 248, 242), accent=(60, 112, 164),
-        metal=(206, 200, 190), rug=(222, 208, 178), rug_trim=(72, 120, 172), pot=(212, 196, 166),
-        stone=(246, 244, 238), legs="slim", rug_pattern="stripes", round_tables=True,
+        wood=(222, 208, 184),
+        fabric=(238, 234, 224),
+        linen=(250, 248, 242),
+        accent=(60, 112, 164),
+        metal=(206, 200, 190),
+        rug=(222, 208, 178),
+        rug_trim=(72, 120, 172),
+        pot=(212, 196, 166),
+        stone=(246, 244, 238),
+        legs="slim",
+        rug_pattern="stripes",
+        round_tables=True,
     ),
     Style.BOHEMIAN: Palette(
-        wood=(154, 102, 62), fabric=(196, 112, 72), linen=(234, 216, 188), accent=(44, 116, 116),
-        metal=(176, 134, 72), rug=(178, 86, 54), rug_trim=(236, 204, 144), pot=(196, 116, 76),
-        stone=(230, 214, 190), legs="slim", rug_pattern="boho", round_tables=True,
+        wood=(154, 102, 62),
+        fabric=(196, 112, 72),
+        linen=(234, 216, 188),
+        accent=(44, 116, 116),
+        metal=(176, 134, 72),
+        rug=(178, 86, 54),
+        rug_trim=(236, 204, 144),
+        pot=(196, 116, 76),
+        stone=(230, 214, 190),
+        legs="slim",
+        rug_pattern="boho",
+        round_tables=True,
     ),
     Style.MINIMALIST: Palette(
-        wood=(204, 190, 170), fabric=(222, 220, 214), linen=(242, 240, 236), accent=(150, 148, 142),
-        metal=(42, 42, 42), rug=(214, 210, 202), rug_trim=(196, 192, 184), pot=(240, 240, 238),
-        stone=(240, 240, 238), legs="plinth", rug_pattern="solid", sparse=True,
+        wood=(204, 190, 170),
+        fabric=(222, 220, 214),
+        linen=(242, 240, 236),
+        accent=(150, 148, 142),
+        metal=(42, 42, 42),
+        rug=(214, 210, 202),
+        rug_trim=(196, 192, 184),
+        pot=(240, 240, 238),
+        stone=(240, 240, 238),
+        legs="plinth",
+        rug_pattern="solid",
+        sparse=True,
     ),
     Style.MID_CENTURY_MODERN: Palette(
-        wood=(112, 68, 40), fabric=(206, 152, 42), linen=(236, 228, 210), accent=(32, 112, 122),
-        metal=(176, 146, 84), rug=(228, 218, 194), rug_trim=(32, 112, 122), pot=(230, 226, 218),
-        stone=(236, 230, 218), legs="tapered", rug_pattern="dots", round_tables=True,
+        wood=(112, 68, 40),
+        fabric=(206, 152, 42),
+        linen=(236, 228, 210),
+        accent=(32, 112, 122),
+        metal=(176, 146, 84),
+        rug=(228, 218, 194),
+        rug_trim=(32, 112, 122),
+        pot=(230, 226, 218),
+        stone=(236, 230, 218),
+        legs="tapered",
+        rug_pattern="dots",
+        round_tables=True,
     ),
 }
 
@@ -118,13 +207,19 @@ _LEAF_GREENS: tuple[RGB, ...] = ((52, 112, 62), (74, 140, 74), (38, 92, 54), (92
 
 
 def _scale(c: RGB, k: float) -> RGB:
-    return (min(255, max(0, int(c[0] * k))), min(255, max(0, int(c[1] * k))),
-            min(255, max(0, int(c[2] * k))))
+    return (
+        min(255, max(0, int(c[0] * k))),
+        min(255, max(0, int(c[1] * k))),
+        min(255, max(0, int(c[2] * k))),
+    )
 
 
 def _mix(a: RGB, b: RGB, t: float) -> RGB:
-    return (int(a[0] + (b[0] - a[0]) * t), int(a[1] + (b[1] - a[1]) * t),
-            int(a[2] + (b[2] - a[2]) * t))
+    return (
+        int(a[0] + (b[0] - a[0]) * t),
+        int(a[1] + (b[1] - a[1]) * t),
+        int(a[2] + (b[2] - a[2]) * t),
+    )
 
 
 def _rgba(c: RGB, alpha: int = 255) -> tuple[int, int, int, int]:
@@ -144,7 +239,10 @@ class Camera:
     def project(self, p: Vec3) -> Point:
         """Map a world point (metres: x right, y up, z away) to image coordinates."""
         z = max(p[2], 0.05)
-        return (self.cx + self.focal * p[0] / z, self.horizon + self.focal * (EYE_HEIGHT_M - p[1]) / z)
+        return (
+            self.cx + self.focal * p[0] / z,
+            self.horizon + self.focal * (EYE_HEIGHT_M - p[1]) / z,
+        )
 
     def ppm(self, z: float) -> float:
         """Pixels per metre at depth z."""
@@ -156,8 +254,13 @@ class Camera:
 
     def scaled(self, k: float) -> "Camera":
         """The same camera for an image k times larger."""
-        return Camera(self.cx * k, self.horizon * k, self.focal * k, round(self.width * k),
-                      round(self.height * k))
+        return Camera(
+            self.cx * k,
+            self.horizon * k,
+            self.focal * k,
+            round(self.width * k),
+            round(self.height * k),
+        )
 
 
 def estimate_floor_line(photo: Image.Image) -> float:
@@ -219,8 +322,11 @@ def _dot(a: Vec3, b: Vec3) -> float:
 
 def _mean(points: Sequence[Vec3]) -> Vec3:
     n = len(points)
-    return (sum(p[0] for p in points) / n, sum(p[1] for p in points) / n,
-            sum(p[2] for p in points) / n)
+    return (
+        sum(p[0] for p in points) / n,
+        sum(p[1] for p in points) / n,
+        sum(p[2] for p in points) / n,
+    )
 
 
 def _normal(face: Face) -> Vec3:
@@ -237,14 +343,16 @@ def _normal(face: Face) -> Vec3:
 _CAMERA: Vec3 = (0.0, EYE_HEIGHT_M, 0.0)
 
 
-def box_faces(fr: Frame, x0: float, x1: float, y0: float, y1: float, z0: float,
-              z1: float) -> list[Face]:
+def box_faces(
+    fr: Frame, x0: float, x1: float, y0: float, y1: float, z0: float, z1: float
+) -> list[Face]:
     """The six faces of a local axis-aligned box."""
     return prism_faces(fr, [(y0, z0), (y1, z0), (y1, z1), (y0, z1)], x0, x1)
 
 
-def prism_faces(fr: Frame, profile: Sequence[tuple[float, float]], x0: float,
-                x1: float) -> list[Face]:
+def prism_faces(
+    fr: Frame, profile: Sequence[tuple[float, float]], x0: float, x1: float
+) -> list[Face]:
     """A convex (y, z) profile extruded along local x."""
     left = [fr.world(x0, y, z) for y, z in profile]
     right = [fr.world(x1, y, z) for y, z in profile]
@@ -256,8 +364,9 @@ def prism_faces(fr: Frame, profile: Sequence[tuple[float, float]], x0: float,
     return faces
 
 
-def cylinder_faces(fr: Frame, lx: float, lz: float, r0: float, r1: float, y0: float, y1: float,
-                   segments: int = 20) -> list[Face]:
+def cylinder_faces(
+    fr: Frame, lx: float, lz: float, r0: float, r1: float, y0: float, y1: float, segments: int = 20
+) -> list[Face]:
     """A vertical frustum of radii r0 (bottom) and r1 (top)."""
     cx, _, cz = fr.world(lx, 0.0, lz)
     ring0, ring1 = [], []
@@ -281,12 +390,21 @@ class Renderer:
 
     def __init__(self, camera: Camera) -> None:
         self.cam = camera.scaled(SUPERSAMPLE)
-        self.image = Image.new("RGBA", (self.cam.width, self.cam.height), (0, 0, 0, 0))
+        size = (self.cam.width, self.cam.height)
+        # Rugs get their own layer so contact shadows can fall on them, under the furniture.
+        self.rugs = Image.new("RGBA", size, (0, 0, 0, 0))
+        self.furniture = Image.new("RGBA", size, (0, 0, 0, 0))
+        self.image = self.furniture
         self.draw = ImageDraw.Draw(self.image)
         self.shadow_cam = camera.scaled(1 / _SHADOW_SCALE)
         size = (max(1, self.shadow_cam.width), max(1, self.shadow_cam.height))
         self.soft = Image.new("L", size, 0)
         self.contact = Image.new("L", size, 0)
+
+    def use_layer(self, rugs: bool) -> None:
+        """Send the following drawing to the rug layer or to the furniture layer."""
+        self.image = self.rugs if rugs else self.furniture
+        self.draw = ImageDraw.Draw(self.image)
 
     def project(self, p: Vec3) -> Point:
         """World point to canvas point."""
@@ -301,8 +419,15 @@ class Renderer:
         n = fr.direction(*normal_xz)
         return _dot(n, _sub(_CAMERA, fr.world(*at))) > 0
 
-    def solid(self, faces: list[Face], color: RGB, *, edge: bool = True, round_front: float = 0,
-              gradient: float = 0.0) -> None:
+    def solid(
+        self,
+        faces: list[Face],
+        color: RGB,
+        *,
+        edge: bool = True,
+        round_front: float = 0.0,
+        gradient: float = 0.0,
+    ) -> None:
         """Paint the visible faces of a convex solid with directional shading."""
         centroid = _mean([p for f in faces for p in f])
         for face in faces:
@@ -319,16 +444,23 @@ class Renderer:
             if front and round_front > 0:
                 xs, ys = [p[0] for p in poly], [p[1] for p in poly]
                 box = (min(xs), min(ys), max(xs), max(ys))
-                radius = min(self.px(round_front, centre[2]), (box[2] - box[0]) / 2,
-                             (box[3] - box[1]) / 2)
-                self.draw.rounded_rectangle(box, radius=max(0, int(radius)), fill=_rgba(fill),
-                                            outline=_rgba(outline) if outline else None)
+                radius = min(
+                    self.px(round_front, centre[2]), (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+                )
+                self.draw.rounded_rectangle(
+                    box,
+                    radius=max(0, int(radius)),
+                    fill=_rgba(fill),
+                    outline=_rgba(outline) if outline else None,
+                )
             elif gradient and abs(n[1]) < 0.5:
                 self._gradient(poly, _scale(fill, 1 + gradient / 2), _scale(fill, 1 - gradient / 2))
                 if outline:
                     self.draw.polygon(poly, outline=_rgba(outline))
             else:
-                self.draw.polygon(poly, fill=_rgba(fill), outline=_rgba(outline) if outline else None)
+                self.draw.polygon(
+                    poly, fill=_rgba(fill), outline=_rgba(outline) if outline else None
+                )
 
     def _gradient(self, poly: list[Point], top: RGB, bottom: RGB) -> None:
         x0 = max(0, math.floor(min(p[0] for p in poly)))
@@ -342,17 +474,46 @@ class Renderer:
         mask = Image.new("L", size, 0)
         ImageDraw.Draw(mask).polygon([(u - x0, v - y0) for u, v in poly], fill=255)
         ramp = Image.linear_gradient("L").resize(size)
-        fill = Image.composite(Image.new("RGBA", size, _rgba(bottom)),
-                               Image.new("RGBA", size, _rgba(top)), ramp)
+        fill = Image.composite(
+            Image.new("RGBA", size, _rgba(bottom)), Image.new("RGBA", size, _rgba(top)), ramp
+        )
         self.image.paste(fill, (x0, y0), mask)
 
-    def box(self, fr: Frame, x0: float, x1: float, y0: float, y1: float, z0: float, z1: float,
-            color: RGB, **kwargs: float | bool) -> None:
+    def box(
+        self,
+        fr: Frame,
+        x0: float,
+        x1: float,
+        y0: float,
+        y1: float,
+        z0: float,
+        z1: float,
+        color: RGB,
+        *,
+        edge: bool = True,
+        round_front: float = 0.0,
+        gradient: float = 0.0,
+    ) -> None:
         """Paint a local box."""
-        self.solid(box_faces(fr, x0, x1, y0, y1, z0, z1), color, **kwargs)  # type: ignore[arg-type]
+        self.solid(
+            box_faces(fr, x0, x1, y0, y1, z0, z1),
+            color,
+            edge=edge,
+            round_front=round_front,
+            gradient=gradient,
+        )
 
-    def cylinder(self, fr: Frame, lx: float, lz: float, r0: float, r1: float, y0: float,
-                 y1: float, color: RGB) -> None:
+    def cylinder(
+        self,
+        fr: Frame,
+        lx: float,
+        lz: float,
+        r0: float,
+        r1: float,
+        y0: float,
+        y1: float,
+        color: RGB,
+    ) -> None:
         """Paint a vertical frustum with a rim outline on its top."""
         faces = cylinder_faces(fr, lx, lz, r0, r1, y0, y1)
         self.solid(faces, color, edge=False)
@@ -363,19 +524,42 @@ class Renderer:
     def disc(self, centre: Vec3, radius: float, color: RGB, segments: int = 28) -> None:
         """Paint a horizontal circle (seen as an ellipse)."""
         x, y, z = centre
-        pts = [self.project((x + radius * math.cos(2 * math.pi * i / segments), y,
-                             z + radius * math.sin(2 * math.pi * i / segments)))
-               for i in range(segments)]
+        pts = [
+            self.project(
+                (
+                    x + radius * math.cos(2 * math.pi * i / segments),
+                    y,
+                    z + radius * math.sin(2 * math.pi * i / segments),
+                )
+            )
+            for i in range(segments)
+        ]
         self.draw.polygon(pts, fill=_rgba(color))
 
-    def floor_poly(self, fr: Frame, points: Sequence[tuple[float, float]], color: RGB,
-                   y: float = 0.0, alpha: int = 255) -> None:
+    def floor_poly(
+        self,
+        fr: Frame,
+        points: Sequence[tuple[float, float]],
+        color: RGB,
+        y: float = 0.0,
+        alpha: int = 255,
+    ) -> None:
         """Paint a flat polygon given in local (x, z) at height y."""
-        self.draw.polygon([self.project(fr.world(x, y, z)) for x, z in points],
-                          fill=_rgba(color, alpha))
+        self.draw.polygon(
+            [self.project(fr.world(x, y, z)) for x, z in points], fill=_rgba(color, alpha)
+        )
 
-    def wall_rect(self, x0: float, x1: float, y0: float, y1: float, z: float, color: RGB,
-                  radius: float = 0.0, ellipse: bool = False) -> tuple[float, float, float, float]:
+    def wall_rect(
+        self,
+        x0: float,
+        x1: float,
+        y0: float,
+        y1: float,
+        z: float,
+        color: RGB,
+        radius: float = 0.0,
+        ellipse: bool = False,
+    ) -> tuple[float, float, float, float]:
         """Paint a rectangle on a wall facing the camera and return its canvas box."""
         u0, v1 = self.project((x0, y0, z))
         u1, v0 = self.project((x1, y1, z))
@@ -395,12 +579,26 @@ class Renderer:
         dx, dy = ub - ut, vb - vt
         length = math.hypot(dx, dy) or 1.0
         nx, ny = -dy / length, dx / length
-        self.draw.polygon([(ut + nx * ht, vt + ny * ht), (ut - nx * ht, vt - ny * ht),
-                           (ub - nx * hb, vb - ny * hb), (ub + nx * hb, vb + ny * hb)],
-                          fill=_rgba(color))
+        self.draw.polygon(
+            [
+                (ut + nx * ht, vt + ny * ht),
+                (ut - nx * ht, vt - ny * ht),
+                (ub - nx * hb, vb - ny * hb),
+                (ub + nx * hb, vb + ny * hb),
+            ],
+            fill=_rgba(color),
+        )
 
-    def blob(self, centre: Vec3, rx: float, ry: float, color: RGB, angle: float = 0.0,
-             power: float = 2.0, points: int = 28) -> None:
+    def blob(
+        self,
+        centre: Vec3,
+        rx: float,
+        ry: float,
+        color: RGB,
+        angle: float = 0.0,
+        power: float = 2.0,
+        points: int = 28,
+    ) -> None:
         """Paint a screen-facing superellipse (pillow, leaf, shade) sized in metres."""
         u, v = self.project(centre)
         ax, ay = self.px(rx, centre[2]), self.px(ry, centre[2])
@@ -433,12 +631,17 @@ class Renderer:
     def shadow(self, fr: Frame, w: float, d: float, strength: float = 1.0) -> None:
         """Add a soft contact shadow for a footprint w x d."""
         corners = [fr.world(sx * w / 2, 0, sz * d / 2) for sx in (-1, 1) for sz in (-1, 1)]
-        for layer, grow, value in ((self.soft, 1.25, 95), (self.contact, 0.95, 120)):
-            pts = [self.shadow_cam.project(
-                (fr.x + (p[0] - fr.x) * grow, 0.0, fr.z + (p[2] - fr.z) * grow)) for p in corners]
+        for layer, grow, value in ((self.soft, 1.12, 75), (self.contact, 0.92, 120)):
+            pts = [
+                self.shadow_cam.project(
+                    (fr.x + (p[0] - fr.x) * grow, 0.0, fr.z + (p[2] - fr.z) * grow)
+                )
+                for p in corners
+            ]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             ImageDraw.Draw(layer).ellipse(
-                (min(xs), min(ys), max(xs), max(ys) + 0.5), fill=int(value * strength))
+                (min(xs), min(ys), max(xs), max(ys) + 0.5), fill=int(value * strength)
+            )
 
 
 PieceFn = Callable[[Renderer, Frame, float, float, Palette, random.Random], None]
@@ -459,8 +662,18 @@ class Placed:
     seed: int = 0
 
 
-def _legs(r: Renderer, fr: Frame, x0: float, x1: float, z0: float, z1: float, h: float,
-          p: Palette, inset: float = 0.04, color: RGB | None = None) -> None:
+def _legs(
+    r: Renderer,
+    fr: Frame,
+    x0: float,
+    x1: float,
+    z0: float,
+    z1: float,
+    h: float,
+    p: Palette,
+    inset: float = 0.04,
+    color: RGB | None = None,
+) -> None:
     """Four legs under a footprint, drawn back pair first, in the style's leg shape."""
     wood = color or p.wood
     if p.legs == "plinth":
@@ -468,8 +681,12 @@ def _legs(r: Renderer, fr: Frame, x0: float, x1: float, z0: float, z1: float, h:
         tone = _scale(wood, 0.45) if h <= 0.12 else _scale(wood, 0.9)
         r.box(fr, x0 + 0.06, x1 - 0.06, 0.0, h, z0 + 0.06, z1 - 0.06, tone)
         return
-    corners = [(x0 + inset, z1 - inset), (x1 - inset, z1 - inset), (x0 + inset, z0 + inset),
-               (x1 - inset, z0 + inset)]
+    corners = [
+        (x0 + inset, z1 - inset),
+        (x1 - inset, z1 - inset),
+        (x0 + inset, z0 + inset),
+        (x1 - inset, z0 + inset),
+    ]
     for lx, lz in corners:
         if p.legs == "chunky":
             t = 0.045 * p.chunk
@@ -512,40 +729,84 @@ def _sofa(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ra
     _legs(r, fr, x0 + 0.02, x1 - 0.02, z0 + 0.02, z1 - 0.02, leg, p)
     r.box(fr, x0, x1, leg, back_top, z1 - back_d, z1, _scale(fabric, 0.92), gradient=0.12)
     arms = [(x0, x0 + arm_w, (1.0, 0.0)), (x1 - arm_w, x1, (-1.0, 0.0))]
-    early = [a for a in arms if r.faces_camera(fr, ((a[0] + a[1]) / 2 + a[2][0] * arm_w / 2,
-                                                    arm_top, 0.0), a[2])]
+    early = [
+        a
+        for a in arms
+        if r.faces_camera(fr, ((a[0] + a[1]) / 2 + a[2][0] * arm_w / 2, arm_top, 0.0), a[2])
+    ]
     for ax0, ax1, _ in early:
         r.box(fr, ax0, ax1, leg, arm_top, z0, z1 - 0.02, fabric, round_front=0.04)
-    r.box(fr, x0 + arm_w, x1 - arm_w, leg, base_top, z0, z1 - back_d, _scale(fabric, 0.9),
-          gradient=0.15)
+    r.box(
+        fr,
+        x0 + arm_w,
+        x1 - arm_w,
+        leg,
+        base_top,
+        z0,
+        z1 - back_d,
+        _scale(fabric, 0.9),
+        gradient=0.15,
+    )
     inner = w - 2 * arm_w
     seats = max(1, round(inner / 0.75))
     cw = inner / seats
     cushions = [x0 + arm_w + i * cw for i in range(seats)]
     cushions.sort(key=lambda cx: -abs(fr.world(cx + cw / 2, 0, 0)[0]))
     for cx in cushions:
-        r.box(fr, cx + 0.01, cx + cw - 0.01, base_top + 0.12, back_top - 0.04,
-              z1 - back_d - 0.16, z1 - back_d, _scale(fabric, 1.02), round_front=0.06)
+        r.box(
+            fr,
+            cx + 0.01,
+            cx + cw - 0.01,
+            base_top + 0.12,
+            back_top - 0.04,
+            z1 - back_d - 0.16,
+            z1 - back_d,
+            _scale(fabric, 1.02),
+            round_front=0.06,
+        )
     for cx in cushions:
-        r.box(fr, cx + 0.01, cx + cw - 0.01, base_top, seat, z0 + 0.01, z1 - back_d - 0.12,
-              fabric, round_front=0.05, gradient=0.1)
+        r.box(
+            fr,
+            cx + 0.01,
+            cx + cw - 0.01,
+            base_top,
+            seat,
+            z0 + 0.01,
+            z1 - back_d - 0.12,
+            fabric,
+            round_front=0.05,
+            gradient=0.1,
+        )
     if w > 1.2:
         colors = [p.accent, p.linen] if rng.random() < 0.6 else [p.linen, p.accent]
         for i, side in enumerate((-1, 1)):
             px = side * (inner / 2 - 0.26)
             cz = z1 - back_d - 0.22
-            _pillow(r, fr.world(px, seat + 0.2, cz), 0.44, 0.4, colors[i % 2],
-                    side * rng.uniform(0.08, 0.2))
+            _pillow(
+                r,
+                fr.world(px, seat + 0.2, cz),
+                0.44,
+                0.4,
+                colors[i % 2],
+                side * rng.uniform(0.08, 0.2),
+            )
     elif rng.random() < 0.7:
-        _pillow(r, fr.world(0, seat + 0.18, z1 - back_d - 0.2), 0.38, 0.34, p.accent,
-                rng.uniform(-0.15, 0.15))
+        _pillow(
+            r,
+            fr.world(0, seat + 0.18, z1 - back_d - 0.2),
+            0.38,
+            0.34,
+            p.accent,
+            rng.uniform(-0.15, 0.15),
+        )
     for a in arms:
         if a not in early:
             r.box(fr, a[0], a[1], leg, arm_top, z0, z1 - 0.02, fabric, round_front=0.04)
 
 
-def _book_stack(r: Renderer, fr: Frame, lx: float, lz: float, y: float, p: Palette,
-                rng: random.Random) -> float:
+def _book_stack(
+    r: Renderer, fr: Frame, lx: float, lz: float, y: float, p: Palette, rng: random.Random
+) -> float:
     colors = [p.accent, p.linen, _scale(p.fabric, 0.8), (60, 60, 64)]
     rng.shuffle(colors)
     for c in colors[: rng.randint(2, 3)]:
@@ -555,8 +816,17 @@ def _book_stack(r: Renderer, fr: Frame, lx: float, lz: float, y: float, p: Palet
     return y
 
 
-def _vase(r: Renderer, fr: Frame, lx: float, lz: float, y: float, color: RGB, height: float,
-          rng: random.Random, stems: bool = True) -> None:
+def _vase(
+    r: Renderer,
+    fr: Frame,
+    lx: float,
+    lz: float,
+    y: float,
+    color: RGB,
+    height: float,
+    rng: random.Random,
+    stems: bool = True,
+) -> None:
     r.cylinder(fr, lx, lz, 0.05, 0.035, y, y + height, color)
     if stems:
         top = fr.world(lx, y + height, lz)
@@ -565,8 +835,9 @@ def _vase(r: Renderer, fr: Frame, lx: float, lz: float, y: float, color: RGB, he
             r.leaf(top, rng.uniform(0.18, 0.3), 0.05, a, rng.choice(_LEAF_GREENS))
 
 
-def _coffee_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                  rng: random.Random) -> None:
+def _coffee_table(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A coffee table with a shelf or pedestal and a little decor on top."""
     h = 0.42
     top_t = 0.05 * p.chunk
@@ -579,8 +850,16 @@ def _coffee_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
         return
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - top_t, p, inset=0.05)
     if p.legs not in ("plinth", "tapered"):
-        r.box(fr, -w / 2 + 0.05, w / 2 - 0.05, 0.1, 0.13, -d / 2 + 0.05, d / 2 - 0.05,
-              _scale(p.wood, 0.85))
+        r.box(
+            fr,
+            -w / 2 + 0.05,
+            w / 2 - 0.05,
+            0.1,
+            0.13,
+            -d / 2 + 0.05,
+            d / 2 - 0.05,
+            _scale(p.wood, 0.85),
+        )
     r.box(fr, -w / 2, w / 2, h - top_t, h, -d / 2, d / 2, p.wood)
     side = rng.choice((-1, 1))
     _book_stack(r, fr, side * w * 0.25, 0.0, h, p, rng)
@@ -590,8 +869,7 @@ def _coffee_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
         _vase(r, fr, -side * w * 0.25, 0.0, h, p.linen, 0.18, rng)
 
 
-def _floor_lamp(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                rng: random.Random) -> None:
+def _floor_lamp(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
     """A floor lamp: weighted base, pole and a glowing drum shade."""
     r.cylinder(fr, 0, 0, 0.15, 0.14, 0.0, 0.03, p.metal)
     r.beam(fr.world(0, 1.35, 0), fr.world(0, 0.03, 0), 0.025, 0.025, p.metal)
@@ -606,7 +884,8 @@ def _plant(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
     top_r = w / 2
     r.cylinder(fr, 0, 0, top_r * 0.75, top_r, 0.0, pot_h, p.pot)
     base = fr.world(0, pot_h, 0)
-    height = rng.uniform(0.7, 1.05) * (w / 0.4)
+    # Capped so a plant near the camera stays below eye level and does not tower into the ceiling.
+    height = min(1.45 - pot_h, rng.uniform(0.7, 1.05) * (w / 0.4))
     leaves = rng.randint(14, 20)
     for i in range(leaves):
         a = (i / (leaves - 1) - 0.5) * 2.2 + rng.uniform(-0.15, 0.15)
@@ -632,12 +911,20 @@ def _rug(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
         if pattern == "medallion":
             rx, rz = w * 0.22, d * 0.25
             r.floor_poly(fr, [(-rx, 0), (0, -rz), (rx, 0), (0, rz)], p.rug_trim)
-            r.floor_poly(fr, [(-rx / 2, 0), (0, -rz / 2), (rx / 2, 0), (0, rz / 2)],
-                         _mix(p.rug, p.linen, 0.5))
-            for cx, cz in ((x0 + 0.35, z0 + 0.35), (x1 - 0.35, z0 + 0.35),
-                           (x0 + 0.35, z1 - 0.35), (x1 - 0.35, z1 - 0.35)):
-                r.floor_poly(fr, [(cx - 0.1, cz), (cx, cz - 0.1), (cx + 0.1, cz), (cx, cz + 0.1)],
-                             p.rug_trim)
+            r.floor_poly(
+                fr,
+                [(-rx / 2, 0), (0, -rz / 2), (rx / 2, 0), (0, rz / 2)],
+                _mix(p.rug, p.linen, 0.5),
+            )
+            for cx, cz in (
+                (x0 + 0.35, z0 + 0.35),
+                (x1 - 0.35, z0 + 0.35),
+                (x0 + 0.35, z1 - 0.35),
+                (x1 - 0.35, z1 - 0.35),
+            ):
+                r.floor_poly(
+                    fr, [(cx - 0.1, cz), (cx, cz - 0.1), (cx + 0.1, cz), (cx, cz + 0.1)], p.rug_trim
+                )
     elif pattern == "stripes":
         z = z0 + 0.15
         while z < z1 - 0.2:
@@ -656,8 +943,11 @@ def _rug(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
                     color = p.rug_trim if (i + j) % 2 else p.accent
                     r.disc(centre, 0.07, color, segments=14)
                 elif (i + j) % 2 == 0:
-                    r.floor_poly(fr, [(cx - 0.1, cz), (cx, cz - 0.1), (cx + 0.1, cz),
-                                      (cx, cz + 0.1)], p.rug_trim)
+                    r.floor_poly(
+                        fr,
+                        [(cx - 0.1, cz), (cx, cz - 0.1), (cx + 0.1, cz), (cx, cz + 0.1)],
+                        p.rug_trim,
+                    )
     else:
         stripe = [p.rug_trim, p.accent, _scale(p.rug, 0.7)]
         z, i = z0 + 0.12, 0
@@ -668,16 +958,31 @@ def _rug(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
                 count = max(2, int((w - 0.3) / 0.28))
                 for k in range(count):
                     cx = x0 + 0.15 + (k + 0.5) * (w - 0.3) / count
-                    r.floor_poly(fr, [(cx - 0.08, z + 0.09), (cx, z + 0.02), (cx + 0.08, z + 0.09),
-                                      (cx, z + 0.16)], stripe[(i + k) % 3])
+                    r.floor_poly(
+                        fr,
+                        [
+                            (cx - 0.08, z + 0.09),
+                            (cx, z + 0.02),
+                            (cx + 0.08, z + 0.09),
+                            (cx, z + 0.16),
+                        ],
+                        stripe[(i + k) % 3],
+                    )
             z += 0.2
             i += 1
         for side in (z0, z1):
             x = x0 + 0.03
             while x < x1:
-                r.floor_poly(fr, [(x, side), (x + 0.015, side), (x + 0.015, side + 0.06 * (
-                    1 if side == z1 else -1)), (x, side + 0.06 * (1 if side == z1 else -1))],
-                    p.rug_trim)
+                r.floor_poly(
+                    fr,
+                    [
+                        (x, side),
+                        (x + 0.015, side),
+                        (x + 0.015, side + 0.06 * (1 if side == z1 else -1)),
+                        (x, side + 0.06 * (1 if side == z1 else -1)),
+                    ],
+                    p.rug_trim,
+                )
                 x += 0.06
 
 
@@ -687,8 +992,9 @@ def _art(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
     y0, y1 = 1.12, 1.12 + d
     x0, x1 = fr.x - w / 2, fr.x + w / 2
     off = 0.025
-    shadow = r.wall_rect(x0 + off, x1 + off, y0 - off, y1 - off, z + 0.001, (0, 0, 0))
-    r.draw.rectangle(shadow, fill=(30, 26, 22, 70))
+    u0, v1 = r.project((x0 + off, y0 - off, z))
+    u1, v0 = r.project((x1 + off, y1 - off, z))
+    r.draw.rectangle((u0, v0, u1, v1), fill=(30, 26, 22, 70))
     r.wall_rect(x0, x1, y0, y1, z, _scale(p.wood, 0.8) if rng.random() < 0.6 else p.metal)
     m = 0.03
     r.wall_rect(x0 + m, x1 - m, y0 + m, y1 - m, z, (244, 242, 236))
@@ -701,8 +1007,9 @@ def _art(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
     rad = min(iw, ih) * rng.uniform(0.2, 0.32)
     cy = y0 + m + ih * rng.uniform(0.4, 0.6)
     r.wall_rect(cx - rad, cx + rad, cy - rad, cy + rad, z, colors[0], ellipse=True)
-    r.wall_rect(x0 + m, x0 + m + iw * rng.uniform(0.3, 0.6), y0 + m, y0 + m + ih * 0.3, z,
-                colors[1])
+    r.wall_rect(
+        x0 + m, x0 + m + iw * rng.uniform(0.3, 0.6), y0 + m, y0 + m + ih * 0.3, z, colors[1]
+    )
     r.wall_rect(x1 - m - iw * 0.15, x1 - m, y0 + m, y1 - m, z, colors[2])
 
 
@@ -714,15 +1021,18 @@ def _mirror(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.
     round_shape = p.round_tables or p.legs == "tapered"
     frame = p.metal if p.legs in ("metal", "plinth") else p.wood
     off = 0.02
-    sh = r.wall_rect(x0 + off, x1 + off, y0 - off, y1 - off, z + 0.001, (0, 0, 0), ellipse=True
-                     ) if round_shape else r.wall_rect(x0 + off, x1 + off, y0 - off, y1 - off,
-                                                       z + 0.001, (0, 0, 0), radius=0.05)
-    r.draw.ellipse(sh, fill=(30, 26, 22, 60)) if round_shape else r.draw.rectangle(
-        sh, fill=(30, 26, 22, 60))
+    u0, v1 = r.project((x0 + off, y0 - off, z))
+    u1, v0 = r.project((x1 + off, y1 - off, z))
+    drop_shadow = (30, 26, 22, 60)
+    if round_shape:
+        r.draw.ellipse((u0, v0, u1, v1), fill=drop_shadow)
+    else:
+        r.draw.rectangle((u0, v0, u1, v1), fill=drop_shadow)
     r.wall_rect(x0, x1, y0, y1, z, frame, radius=0.05, ellipse=round_shape)
     t = 0.04
-    box = r.wall_rect(x0 + t, x1 - t, y0 + t, y1 - t, z, (200, 210, 214), radius=0.03,
-                      ellipse=round_shape)
+    box = r.wall_rect(
+        x0 + t, x1 - t, y0 + t, y1 - t, z, (200, 210, 214), radius=0.03, ellipse=round_shape
+    )
     u0, v0, u1, v1 = box
     glass = Image.new("L", (max(1, int(u1 - u0)), max(1, int(v1 - v0))), 0)
     gd = ImageDraw.Draw(glass)
@@ -745,22 +1055,39 @@ def _bed(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ran
     leg = _leg_height(p, 0.12)
     head_top = 1.15 if p.legs != "tapered" else 0.95
     headboard = p.fabric if p.upholstered_chairs or p.legs == "plinth" else p.wood
-    r.box(fr, x0 - 0.05, x1 + 0.05, 0.0, head_top, z1 - 0.08, z1, headboard,
-          round_front=0.05 if headboard == p.fabric else 0.0, gradient=0.1)
+    r.box(
+        fr,
+        x0 - 0.05,
+        x1 + 0.05,
+        0.0,
+        head_top,
+        z1 - 0.08,
+        z1,
+        headboard,
+        round_front=0.05 if headboard == p.fabric else 0.0,
+        gradient=0.1,
+    )
     _legs(r, fr, x0, x1, z0, z1 - 0.08, leg, p)
     frame_color = headboard if headboard == p.fabric else _scale(p.wood, 0.95)
     r.box(fr, x0, x1, leg, 0.34, z0, z1 - 0.08, frame_color)
     duvet = p.linen
-    r.box(fr, x0 + 0.02, x1 - 0.02, 0.3, 0.56, z0 + 0.02, z1 - 0.1, duvet, round_front=0.06,
-          gradient=0.12)
-    _pillow(r, fr.world(x0 + w * 0.27, 0.7, z1 - 0.25), w * 0.4, 0.34, _scale(p.linen, 0.97),
-            0.0)
-    _pillow(r, fr.world(x1 - w * 0.27, 0.7, z1 - 0.25), w * 0.4, 0.34, _scale(p.linen, 0.97),
-            0.0)
+    r.box(
+        fr,
+        x0 + 0.02,
+        x1 - 0.02,
+        0.3,
+        0.56,
+        z0 + 0.02,
+        z1 - 0.1,
+        duvet,
+        round_front=0.06,
+        gradient=0.12,
+    )
+    _pillow(r, fr.world(x0 + w * 0.27, 0.7, z1 - 0.25), w * 0.4, 0.34, _scale(p.linen, 0.97), 0.0)
+    _pillow(r, fr.world(x1 - w * 0.27, 0.7, z1 - 0.25), w * 0.4, 0.34, _scale(p.linen, 0.97), 0.0)
     accents = [p.accent, p.fabric] if rng.random() < 0.5 else [p.fabric, p.accent]
     for i, side in enumerate((-1, 1)):
-        _pillow(r, fr.world(side * w * 0.16, 0.66, z1 - 0.45), 0.4, 0.32, accents[i],
-                side * 0.1)
+        _pillow(r, fr.world(side * w * 0.16, 0.66, z1 - 0.45), 0.4, 0.32, accents[i], side * 0.1)
     fold = _scale(duvet, 0.9)
     r.box(fr, x0 + 0.02, x1 - 0.02, 0.56, 0.58, z1 - 0.95, z1 - 0.7, fold)
     throw = p.accent if rng.random() < 0.5 else p.fabric
@@ -775,22 +1102,30 @@ def _table_lamp(r: Renderer, fr: Frame, lx: float, lz: float, y: float, p: Palet
     r.blob(fr.world(lx, y + 0.3, lz), 0.11, 0.015, (255, 244, 214))
 
 
-def _nightstand(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                rng: random.Random) -> None:
+def _nightstand(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
     """A nightstand with a drawer and a table lamp."""
     h = 0.56
     leg = _leg_height(p, 0.14)
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, leg, p, inset=0.03)
     r.box(fr, -w / 2, w / 2, leg, h, -d / 2, d / 2, p.wood)
-    r.box(fr, -w / 2 + 0.03, w / 2 - 0.03, h - 0.17, h - 0.04, -d / 2 - 0.01, -d / 2,
-          _scale(p.wood, 1.06))
+    r.box(
+        fr,
+        -w / 2 + 0.03,
+        w / 2 - 0.03,
+        h - 0.17,
+        h - 0.04,
+        -d / 2 - 0.01,
+        -d / 2,
+        _scale(p.wood, 1.06),
+    )
     knob = fr.world(0, h - 0.105, -d / 2 - 0.012)
     r.blob(knob, 0.014, 0.014, p.metal)
     _table_lamp(r, fr, 0.0, 0.02, h, p)
 
 
-def _kitchen_island(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                    rng: random.Random) -> None:
+def _kitchen_island(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """An island: recessed toe-kick, cabinet doors with handles, stone top, decor."""
     x0, x1, z0, z1 = -w / 2, w / 2, -d / 2, d / 2
     cab = p.wood if p.legs in ("chunky", "turned", "tapered") else _mix(p.fabric, p.linen, 0.4)
@@ -800,8 +1135,9 @@ def _kitchen_island(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
     dw = (w - 0.06) / doors
     for i in range(doors):
         dx0 = x0 + 0.03 + i * dw
-        r.box(fr, dx0 + 0.015, dx0 + dw - 0.015, 0.14, 0.84, z0 + 0.03, z0 + 0.04,
-              _scale(cab, 1.04))
+        r.box(
+            fr, dx0 + 0.015, dx0 + dw - 0.015, 0.14, 0.84, z0 + 0.03, z0 + 0.04, _scale(cab, 1.04)
+        )
         hx = dx0 + dw - 0.08 if i % 2 == 0 else dx0 + 0.08
         r.beam(fr.world(hx, 0.74, z0 + 0.02), fr.world(hx, 0.58, z0 + 0.02), 0.015, 0.015, p.metal)
     r.box(fr, x0 - 0.03, x1 + 0.03, 0.88, 0.93, z0 - 0.03, z1 + 0.03, p.stone)
@@ -810,24 +1146,31 @@ def _kitchen_island(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
     r.cylinder(fr, side * w * 0.28, 0.0, 0.08, 0.14, 0.93, 0.99, p.linen)
     for k in range(4):
         fx = bowl[0] + (k - 1.5) * 0.055
-        r.blob((fx, 1.01 + (k % 2) * 0.02, bowl[2]), 0.035, 0.035,
-               ((206, 60, 40), (236, 170, 40), (120, 170, 60), (220, 110, 40))[k])
+        r.blob(
+            (fx, 1.01 + (k % 2) * 0.02, bowl[2]),
+            0.035,
+            0.035,
+            ((206, 60, 40), (236, 170, 40), (120, 170, 60), (220, 110, 40))[k],
+        )
     _vase(r, fr, -side * w * 0.3, 0.05, 0.93, p.pot, 0.2, rng)
 
 
-def _bar_stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-               rng: random.Random) -> None:
+def _bar_stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
     """A bar stool: splayed legs, footrest ring, padded round seat."""
     seat = 0.68
     frame = p.metal if p.legs in ("metal", "plinth") else p.wood
     for lx, lz in ((-0.13, 0.13), (0.13, 0.13), (-0.13, -0.13), (0.13, -0.13)):
-        r.beam(fr.world(lx * 0.7, seat - 0.03, lz * 0.7), fr.world(lx, 0.0, lz), 0.03, 0.025,
-               _scale(frame, 0.85))
+        r.beam(
+            fr.world(lx * 0.7, seat - 0.03, lz * 0.7),
+            fr.world(lx, 0.0, lz),
+            0.03,
+            0.025,
+            _scale(frame, 0.85),
+        )
     ring = 0.25
     for a, b in (((-0.11, 0.11), (0.11, 0.11)), ((-0.11, -0.11), (0.11, -0.11))):
         r.beam(fr.world(a[0], ring, a[1]), fr.world(b[0], ring, b[1]), 0.02, 0.02, frame)
-    r.cylinder(fr, 0, 0, 0.19, 0.2, seat - 0.05, seat, p.fabric if p.upholstered_chairs
-               else p.wood)
+    r.cylinder(fr, 0, 0, 0.19, 0.2, seat - 0.05, seat, p.fabric if p.upholstered_chairs else p.wood)
 
 
 def _pendant(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
@@ -848,21 +1191,44 @@ def _chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, seat - 0.05, legs_p, inset=0.03, color=frame)
 
     def seat_part() -> None:
-        r.box(fr, -w / 2, w / 2, seat - 0.05, seat, -d / 2, d / 2 - 0.02,
-              p.fabric if p.upholstered_chairs else frame)
+        r.box(
+            fr,
+            -w / 2,
+            w / 2,
+            seat - 0.05,
+            seat,
+            -d / 2,
+            d / 2 - 0.02,
+            p.fabric if p.upholstered_chairs else frame,
+        )
 
     def back_part() -> None:
         zb = d / 2
         if p.upholstered_chairs:
-            r.box(fr, -w / 2 + 0.01, w / 2 - 0.01, seat, back_top, zb - 0.07, zb, p.fabric,
-                  round_front=0.04)
+            r.box(
+                fr,
+                -w / 2 + 0.01,
+                w / 2 - 0.01,
+                seat,
+                back_top,
+                zb - 0.07,
+                zb,
+                p.fabric,
+                round_front=0.04,
+            )
             return
         for sx in (-1, 1):
-            r.beam(fr.world(sx * (w / 2 - 0.025), back_top, zb - 0.03),
-                   fr.world(sx * (w / 2 - 0.025), seat, zb - 0.03), 0.035, 0.035, frame)
+            r.beam(
+                fr.world(sx * (w / 2 - 0.025), back_top, zb - 0.03),
+                fr.world(sx * (w / 2 - 0.025), seat, zb - 0.03),
+                0.035,
+                0.035,
+                frame,
+            )
         r.box(fr, -w / 2, w / 2, back_top - 0.14, back_top, zb - 0.05, zb - 0.01, frame)
-        r.box(fr, -w / 2 + 0.03, w / 2 - 0.03, seat + 0.16, seat + 0.22, zb - 0.045, zb - 0.015,
-              frame)
+        r.box(
+            fr, -w / 2 + 0.03, w / 2 - 0.03, seat + 0.16, seat + 0.22, zb - 0.045, zb - 0.015, frame
+        )
 
     seat_dist = math.dist((0.0, 0.0), (fr.world(0, 0, 0)[0], fr.world(0, 0, 0)[2]))
     back_pt = fr.world(0, 0, d / 2)
@@ -872,8 +1238,9 @@ def _chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
         part()
 
 
-def _dining_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                  rng: random.Random) -> None:
+def _dining_table(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A dining table, rectangular or round with a pedestal, with a centrepiece."""
     h = 0.76
     t = 0.045 * p.chunk
@@ -883,14 +1250,22 @@ def _dining_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
         r.cylinder(fr, 0, 0, 0.08, 0.08, 0.05, h - t, _scale(p.wood, 0.85))
         r.cylinder(fr, 0, 0, radius, radius, h - t, h, p.wood)
     else:
-        _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - t, replace(
-            p, legs="slim") if p.legs == "plinth" else p, inset=0.07)
+        _legs(
+            r,
+            fr,
+            -w / 2,
+            w / 2,
+            -d / 2,
+            d / 2,
+            h - t,
+            replace(p, legs="slim") if p.legs == "plinth" else p,
+            inset=0.07,
+        )
         r.box(fr, -w / 2, w / 2, h - t, h, -d / 2, d / 2, p.wood)
     _vase(r, fr, 0.0, 0.0, h, p.pot, 0.24, rng)
 
 
-def _sideboard(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-               rng: random.Random) -> None:
+def _sideboard(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
     """A sideboard or media console with doors, standing against the wall."""
     leg = _leg_height(p, 0.16)
     h = 0.8
@@ -900,8 +1275,16 @@ def _sideboard(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
     dw = (w - 0.04) / doors
     for i in range(doors):
         dx0 = -w / 2 + 0.02 + i * dw
-        r.box(fr, dx0 + 0.01, dx0 + dw - 0.01, leg + 0.03, h - 0.03, -d / 2 - 0.01, -d / 2,
-              _scale(p.wood, 1.05 if i % 2 else 0.97))
+        r.box(
+            fr,
+            dx0 + 0.01,
+            dx0 + dw - 0.01,
+            leg + 0.03,
+            h - 0.03,
+            -d / 2 - 0.01,
+            -d / 2,
+            _scale(p.wood, 1.05 if i % 2 else 0.97),
+        )
         r.blob(fr.world(dx0 + dw / 2, h - 0.12, -d / 2 - 0.012), 0.012, 0.012, p.metal)
     side = rng.choice((-1, 1))
     _table_lamp(r, fr, side * w * 0.3, 0.0, h, p)
@@ -917,20 +1300,36 @@ def _desk(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Ra
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - t, legs_p, inset=0.04)
     px0, px1 = (w / 2 - 0.42, w / 2 - 0.02) if side > 0 else (-w / 2 + 0.02, -w / 2 + 0.42)
     r.box(fr, px0, px1, 0.05, h - t, -d / 2 + 0.04, d / 2 - 0.04, _scale(p.wood, 0.95))
-    r.box(fr, -w / 2 + 0.05, w / 2 - 0.05, h - t - 0.3, h - t, -d / 2 + 0.1, -d / 2 + 0.12,
-          _scale(p.wood, 0.9))
+    r.box(
+        fr,
+        -w / 2 + 0.05,
+        w / 2 - 0.05,
+        h - t - 0.3,
+        h - t,
+        -d / 2 + 0.1,
+        -d / 2 + 0.12,
+        _scale(p.wood, 0.9),
+    )
     r.box(fr, -w / 2, w / 2, h - t, h, -d / 2, d / 2, p.wood)
     shell = (182, 184, 188)
     r.box(fr, -0.17, 0.17, h, h + 0.015, -0.02, 0.22, shell)
-    r.solid(prism_faces(fr, [(h + 0.015, -0.04), (h + 0.24, -0.08), (h + 0.24, -0.07),
-                             (h + 0.015, -0.03)], -0.17, 0.17), shell)
+    r.solid(
+        prism_faces(
+            fr,
+            [(h + 0.015, -0.04), (h + 0.24, -0.08), (h + 0.24, -0.07), (h + 0.015, -0.03)],
+            -0.17,
+            0.17,
+        ),
+        shell,
+    )
     _book_stack(r, fr, side * (w / 2 - 0.45), -0.05, h, p, rng)
     _table_lamp(r, fr, side * (w / 2 - 0.18), 0.1, h, p)
     _vase(r, fr, -side * (w / 2 - 0.15), 0.05, h, p.pot, 0.12, rng)
 
 
-def _office_chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                  rng: random.Random) -> None:
+def _office_chair(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A swivel chair: five-star base on casters, gas lift, seat and a tall backrest."""
     dark = (44, 44, 46)
     fabric = _mix(p.fabric, (40, 40, 44), 0.45)
@@ -957,8 +1356,7 @@ def _office_chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
         back_part()
 
 
-def _bookshelf(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-               rng: random.Random) -> None:
+def _bookshelf(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
     """A tall bookshelf with shelves of books and a few objects."""
     h = 1.8
     t = 0.03 * p.chunk
@@ -978,13 +1376,21 @@ def _bookshelf(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
                 continue
             bw = rng.uniform(0.025, 0.05)
             bh = gap * rng.uniform(0.55, 0.85)
-            r.box(fr, x, min(end, x + bw), y + t, y + t + bh, -d / 2 + 0.05, d / 2 - 0.04,
-                  rng.choice(colors), edge=False)
+            r.box(
+                fr,
+                x,
+                min(end, x + bw),
+                y + t,
+                y + t + bh,
+                -d / 2 + 0.05,
+                d / 2 - 0.04,
+                rng.choice(colors),
+                edge=False,
+            )
             x += bw + 0.004
     r.box(fr, -w / 2, w / 2, h - t, h, -d / 2, d / 2, frame)
-    for sx in (-1, 1):
-        r.box(fr, sx * w / 2 - t / 2 - sx * t / 2, sx * w / 2 + t / 2 - sx * t / 2, 0.0, h,
-              -d / 2, d / 2, _scale(frame, 0.95))
+    for sx0, sx1 in ((-w / 2, -w / 2 + t), (w / 2 - t, w / 2)):
+        r.box(fr, sx0, sx1, 0.0, h, -d / 2, d / 2, _scale(frame, 0.95))
 
 
 def _console(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
@@ -993,8 +1399,16 @@ def _console(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random
     t = 0.04 * p.chunk
     legs_p = replace(p, legs="slim") if p.legs == "plinth" else p
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - t, legs_p, inset=0.03)
-    r.box(fr, -w / 2 + 0.03, w / 2 - 0.03, 0.16, 0.19, -d / 2 + 0.03, d / 2 - 0.03,
-          _scale(p.wood, 0.9))
+    r.box(
+        fr,
+        -w / 2 + 0.03,
+        w / 2 - 0.03,
+        0.16,
+        0.19,
+        -d / 2 + 0.03,
+        d / 2 - 0.03,
+        _scale(p.wood, 0.9),
+    )
     for k in range(2):
         bx = -w / 4 + k * w / 2
         r.box(fr, bx - 0.16, bx + 0.16, 0.19, 0.4, -0.12, 0.12, _mix(p.rug, p.wood, 0.4))
@@ -1009,11 +1423,21 @@ def _bench(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
     h = 0.46
     _legs(r, fr, -w / 2, w / 2, -d / 2, d / 2, h - 0.1, p, inset=0.04)
     r.box(fr, -w / 2, w / 2, h - 0.1, h - 0.05, -d / 2, d / 2, p.wood)
-    r.box(fr, -w / 2 + 0.02, w / 2 - 0.02, h - 0.05, h + 0.02, -d / 2 + 0.02, d / 2 - 0.02,
-          p.fabric, round_front=0.03)
+    r.box(
+        fr,
+        -w / 2 + 0.02,
+        w / 2 - 0.02,
+        h - 0.05,
+        h + 0.02,
+        -d / 2 + 0.02,
+        d / 2 - 0.02,
+        p.fabric,
+        round_front=0.03,
+    )
     side = rng.choice((-1, 1))
-    _pillow(r, fr.world(side * (w / 2 - 0.25), h + 0.17, d / 2 - 0.1), 0.36, 0.32, p.accent,
-            side * 0.15)
+    _pillow(
+        r, fr.world(side * (w / 2 - 0.25), h + 0.17, d / 2 - 0.1), 0.36, 0.32, p.accent, side * 0.15
+    )
 
 
 def _vanity(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
@@ -1027,10 +1451,23 @@ def _vanity(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.
     rh = (h - 0.03 - leg - 0.04) / rows
     for k in range(rows):
         y = leg + 0.02 + k * rh
-        r.box(fr, -w / 2 + 0.03, w / 2 - 0.03, y + 0.01, y + rh - 0.01, -d / 2 - 0.01, -d / 2,
-              _scale(cab, 1.05))
-        r.beam(fr.world(-0.12, y + rh * 0.6, -d / 2 - 0.015), fr.world(0.12, y + rh * 0.6,
-               -d / 2 - 0.015), 0.015, 0.015, p.metal)
+        r.box(
+            fr,
+            -w / 2 + 0.03,
+            w / 2 - 0.03,
+            y + 0.01,
+            y + rh - 0.01,
+            -d / 2 - 0.01,
+            -d / 2,
+            _scale(cab, 1.05),
+        )
+        r.beam(
+            fr.world(-0.12, y + rh * 0.6, -d / 2 - 0.015),
+            fr.world(0.12, y + rh * 0.6, -d / 2 - 0.015),
+            0.015,
+            0.015,
+            p.metal,
+        )
     r.box(fr, -w / 2 - 0.02, w / 2 + 0.02, h - 0.03, h, -d / 2 - 0.02, d / 2, p.stone)
     r.cylinder(fr, 0, 0.0, 0.14, 0.2, h, h + 0.13, (246, 246, 244))
     r.disc(fr.world(0, h + 0.13, 0.0), 0.165, (214, 218, 220))
@@ -1039,8 +1476,17 @@ def _vanity(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.
     _vase(r, fr, w / 2 - 0.12, 0.05, h, p.pot, 0.14, rng)
 
 
-def oval_faces(fr: Frame, rx0: float, rz0: float, rx1: float, rz1: float, y0: float,
-               y1: float, power: float = 2.0, segments: int = 28) -> list[Face]:
+def oval_faces(
+    fr: Frame,
+    rx0: float,
+    rz0: float,
+    rx1: float,
+    rz1: float,
+    y0: float,
+    y1: float,
+    power: float = 2.0,
+    segments: int = 28,
+) -> list[Face]:
     """A vertical solid on a superellipse footprint (local radii at bottom and top)."""
     rings: list[list[Vec3]] = [[], []]
     for i in range(segments):
@@ -1069,13 +1515,22 @@ def _bathtub(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random
                 r.blob(fr.world(sx * w * 0.36, 0.05, sz * d * 0.3), 0.04, 0.05, p.metal)
     tap_x = -w / 2 - 0.12
     r.beam(fr.world(tap_x, h + 0.28, 0.0), fr.world(tap_x, 0.0, 0.0), 0.03, 0.03, p.metal)
-    r.beam(fr.world(tap_x, h + 0.28, 0.0), fr.world(tap_x + 0.18, h + 0.24, 0.0), 0.025, 0.02,
-           p.metal)
-    r.solid(oval_faces(fr, w * 0.42, d * 0.4, w / 2, d / 2, lift, h, power=2.6), white,
-            edge=False, gradient=0.12)
+    r.beam(
+        fr.world(tap_x, h + 0.28, 0.0), fr.world(tap_x + 0.18, h + 0.24, 0.0), 0.025, 0.02, p.metal
+    )
+    r.solid(
+        oval_faces(fr, w * 0.42, d * 0.4, w / 2, d / 2, lift, h, power=2.6),
+        white,
+        edge=False,
+        gradient=0.12,
+    )
     r.floor_poly(fr, _superellipse(w / 2 - 0.05, d / 2 - 0.05, 2.6), (200, 206, 210), y=h)
-    r.floor_poly(fr, [(x * 0.9 + 0.03, z * 0.8 + 0.03) for x, z in
-                      _superellipse(w / 2 - 0.1, d / 2 - 0.1, 2.6)], (222, 228, 232), y=h)
+    r.floor_poly(
+        fr,
+        [(x * 0.9 + 0.03, z * 0.8 + 0.03) for x, z in _superellipse(w / 2 - 0.1, d / 2 - 0.1, 2.6)],
+        (222, 228, 232),
+        y=h,
+    )
 
 
 def _superellipse(rx: float, rz: float, power: float, n: int = 28) -> list[tuple[float, float]]:
@@ -1083,19 +1538,23 @@ def _superellipse(rx: float, rz: float, power: float, n: int = 28) -> list[tuple
     for i in range(n):
         t = 2 * math.pi * i / n
         ct, st = math.cos(t), math.sin(t)
-        pts.append((rx * math.copysign(abs(ct) ** (2 / power), ct),
-                    rz * math.copysign(abs(st) ** (2 / power), st)))
+        pts.append(
+            (
+                rx * math.copysign(abs(ct) ** (2 / power), ct),
+                rz * math.copysign(abs(st) ** (2 / power), st),
+            )
+        )
     return pts
 
 
-def _towel_stand(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                 rng: random.Random) -> None:
+def _towel_stand(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A towel ladder leaning on the wall with a striped towel over one rung."""
     h = 1.5
     frame = p.wood if p.legs not in ("metal", "plinth") else p.metal
     for sx in (-1, 1):
-        r.beam(fr.world(sx * w / 2, h, d / 2), fr.world(sx * w / 2, 0.0, -d / 2), 0.04, 0.04,
-               frame)
+        r.beam(fr.world(sx * w / 2, h, d / 2), fr.world(sx * w / 2, 0.0, -d / 2), 0.04, 0.04, frame)
     rungs = 5
     for k in range(1, rungs + 1):
         y = h * k / (rungs + 0.3)
@@ -1106,8 +1565,17 @@ def _towel_stand(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
     y_top = h * 4 / (rungs + 0.3)
     z = -d / 2 + d * y_top / h - 0.03
     r.box(fr, -w / 2 + 0.06, w / 2 - 0.06, y_top - 0.55, y_top + 0.02, z - 0.02, z, towel)
-    r.box(fr, -w / 2 + 0.06, w / 2 - 0.06, y_top - 0.45, y_top - 0.41, z - 0.021, z - 0.02,
-          stripe, edge=False)
+    r.box(
+        fr,
+        -w / 2 + 0.06,
+        w / 2 - 0.06,
+        y_top - 0.45,
+        y_top - 0.41,
+        z - 0.021,
+        z - 0.02,
+        stripe,
+        edge=False,
+    )
 
 
 def _stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random) -> None:
@@ -1115,9 +1583,13 @@ def _stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
     h = 0.45
     for k in range(3):
         a = 2 * math.pi * k / 3 + 0.5
-        r.beam(fr.world(0.1 * math.cos(a), h - 0.04, 0.1 * math.sin(a)),
-               fr.world(0.16 * math.cos(a), 0.0, 0.16 * math.sin(a)), 0.03, 0.025,
-               _scale(p.wood, 0.85))
+        r.beam(
+            fr.world(0.1 * math.cos(a), h - 0.04, 0.1 * math.sin(a)),
+            fr.world(0.16 * math.cos(a), 0.0, 0.16 * math.sin(a)),
+            0.03,
+            0.025,
+            _scale(p.wood, 0.85),
+        )
     r.cylinder(fr, 0, 0, w / 2, w / 2, h - 0.04, h, p.wood)
     y = h
     for c in (p.linen, p.accent, p.linen):
@@ -1125,35 +1597,47 @@ def _stool(r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.R
         y += 0.05
 
 
-def _patio_table(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                 rng: random.Random) -> None:
+def _patio_table(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A round outdoor table on a pedestal with a lantern."""
     h = 0.74
     radius = w / 2
     frame = p.metal if p.legs != "chunky" else p.wood
     for k in range(4):
         a = math.pi / 4 + k * math.pi / 2
-        r.beam(fr.world(0, 0.25, 0), fr.world(0.3 * math.cos(a), 0.0, 0.3 * math.sin(a)), 0.04,
-               0.03, frame)
+        r.beam(
+            fr.world(0, 0.25, 0),
+            fr.world(0.3 * math.cos(a), 0.0, 0.3 * math.sin(a)),
+            0.04,
+            0.03,
+            frame,
+        )
     r.cylinder(fr, 0, 0, 0.05, 0.05, 0.2, h - 0.04, frame)
     r.cylinder(fr, 0, 0, radius, radius, h - 0.04, h, p.wood if rng.random() < 0.5 else p.stone)
     r.box(fr, -0.07, 0.07, h, h + 0.22, -0.07, 0.07, (238, 232, 210))
     r.box(fr, -0.08, 0.08, h + 0.22, h + 0.25, -0.08, 0.08, p.metal)
 
 
-def _lounge_chair(r: Renderer, fr: Frame, w: float, d: float, p: Palette,
-                  rng: random.Random) -> None:
+def _lounge_chair(
+    r: Renderer, fr: Frame, w: float, d: float, p: Palette, rng: random.Random
+) -> None:
     """A chaise lounge: long low frame with a reclined back, cushion and pillow."""
     frame = p.wood if p.legs != "metal" else p.metal
     z0, z1 = -d / 2, d / 2
-    _legs(r, fr, -w / 2, w / 2, z0, z1, 0.2, replace(p, legs="slim"), inset=0.04,
-          color=frame)
+    _legs(r, fr, -w / 2, w / 2, z0, z1, 0.2, replace(p, legs="slim"), inset=0.04, color=frame)
     hinge = z1 - 0.65
-    r.solid(prism_faces(fr, [(0.3, hinge), (0.36, hinge), (0.85, z1 - 0.02), (0.78, z1)],
-                        -w / 2 + 0.02, w / 2 - 0.02), p.fabric)
+    r.solid(
+        prism_faces(
+            fr,
+            [(0.3, hinge), (0.36, hinge), (0.85, z1 - 0.02), (0.78, z1)],
+            -w / 2 + 0.02,
+            w / 2 - 0.02,
+        ),
+        p.fabric,
+    )
     r.box(fr, -w / 2, w / 2, 0.2, 0.28, z0, z1, frame)
-    r.box(fr, -w / 2 + 0.02, w / 2 - 0.02, 0.28, 0.36, z0 + 0.02, hinge, p.fabric,
-          round_front=0.03)
+    r.box(fr, -w / 2 + 0.02, w / 2 - 0.02, 0.28, 0.36, z0 + 0.02, hinge, p.fabric, round_front=0.03)
     _pillow(r, fr.world(0, 0.62, z1 - 0.25), 0.4, 0.28, p.accent, rng.uniform(-0.1, 0.1))
 
 
@@ -1205,8 +1689,9 @@ def _living_room(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_art, shift, room.back, rng.uniform(0.9, 1.3), 0.62, kind="wall", optional=True),
         Placed(_plant, chair_x + flip * 0.2, room.back - 0.45, 0.45, 0.45, optional=True),
         Placed(_sofa, shift, sofa_z, sofa_w, 0.95),
-        Placed(_floor_lamp, shift - flip * (sofa_w / 2 + 0.35), sofa_z + 0.15, 0.4, 0.4,
-               optional=True),
+        Placed(
+            _floor_lamp, shift - flip * (sofa_w / 2 + 0.35), sofa_z + 0.15, 0.4, 0.4, optional=True
+        ),
         Placed(_coffee_table, shift, table_z, 1.2, 0.65),
         Placed(_sofa, chair_x, table_z - 0.4, 0.9, 0.88, yaw=flip * 0.6),
     ]
@@ -1226,10 +1711,16 @@ def _bedroom(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         Placed(_nightstand, shift - bed_w / 2 - 0.37, stand_z, 0.52, 0.42),
         Placed(_nightstand, shift + bed_w / 2 + 0.37, stand_z, 0.52, 0.42, optional=True),
         Placed(_bench, shift, bed_z - bed_d / 2 - 0.35, bed_w - 0.3, 0.42, optional=True),
-        Placed(_sofa, shift + side * (bed_w / 2 + 1.0), bed_z - 1.0, 0.8, 0.8,
-               yaw=side * 0.7, optional=True),
-        Placed(_plant, shift - side * (bed_w / 2 + 0.8), bed_z - 0.6, 0.42, 0.42,
-               optional=True),
+        Placed(
+            _sofa,
+            shift + side * (bed_w / 2 + 1.0),
+            bed_z - 1.0,
+            0.8,
+            0.8,
+            yaw=side * 0.7,
+            optional=True,
+        ),
+        Placed(_plant, shift - side * (bed_w / 2 + 0.8), bed_z - 0.6, 0.42, 0.42, optional=True),
     ]
     return items
 
@@ -1248,8 +1739,7 @@ def _kitchen(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         px = shift + (i - (pendants - 1) / 2) * (w / pendants)
         items.append(Placed(_pendant, px, z, 0.4, 0.4, kind="ceiling", optional=True))
     side = rng.choice((-1, 1))
-    items.append(Placed(_plant, shift + side * (w / 2 + 0.65), z + 0.5, 0.5, 0.5,
-                        optional=True))
+    items.append(Placed(_plant, shift + side * (w / 2 + 0.65), z + 0.5, 0.5, 0.5, optional=True))
     return items
 
 
@@ -1259,7 +1749,7 @@ def _bathroom(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     vx = side * rng.uniform(0.9, 1.2)
     return [
         Placed(_rug, vx, room.back - 1.05, 1.0, 0.65, kind="rug"),
-        Placed(_mirror, vx, room.back, min(0.85, vw - 0.2), 0.72, kind="wall"),
+        Placed(_mirror, vx, room.back, min(0.8, vw - 0.25), 0.64, kind="wall"),
         Placed(_vanity, vx, room.back - 0.27, vw, 0.5),
         Placed(_bathtub, -side * 0.5, room.back - 1.5, 1.7, 0.8),
         Placed(_towel_stand, -side * 1.75, room.back - 0.25, 0.5, 0.4),
@@ -1274,8 +1764,9 @@ def _dining_room(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     tw, td = (1.3, 1.3) if p.round_tables else (rng.choice((1.8, 2.0)), 1.0)
     items = [
         Placed(_rug, shift, z, tw + 1.4, td + 1.4, kind="rug", optional=p.sparse),
-        Placed(_art, shift + rng.uniform(-0.3, 0.3), room.back, 1.0, 0.55, kind="wall",
-               optional=True),
+        Placed(
+            _art, shift + rng.uniform(-0.3, 0.3), room.back, 1.0, 0.55, kind="wall", optional=True
+        ),
         Placed(_sideboard, shift + rng.uniform(-0.4, 0.4), room.back - 0.25, 1.7, 0.45),
         Placed(_dining_table, shift, z, tw, td),
     ]
@@ -1284,11 +1775,13 @@ def _dining_room(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
         cx = shift + (i - (per_side - 1) / 2) * 0.8
         items.append(Placed(_chair, cx, z + td / 2 + 0.1, 0.48, 0.5))
         if rng.random() < 0.5:
-            items.append(Placed(_chair, cx, z - td / 2 - 0.12, 0.48, 0.5, yaw=math.pi,
-                                optional=True))
+            items.append(
+                Placed(_chair, cx, z - td / 2 - 0.12, 0.48, 0.5, yaw=math.pi, optional=True)
+            )
     for sx in (-1, 1):
-        items.append(Placed(_chair, shift + sx * (tw / 2 + 0.15), z, 0.48, 0.5,
-                            yaw=sx * math.pi / 2))
+        items.append(
+            Placed(_chair, shift + sx * (tw / 2 + 0.15), z, 0.48, 0.5, yaw=sx * math.pi / 2)
+        )
     return items
 
 
@@ -1300,8 +1793,14 @@ def _office(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     return [
         Placed(_rug, dx, desk_z + 0.2, 2.6, 2.2, kind="rug", optional=True),
         Placed(_bookshelf, side * 1.4, room.back - 0.2, 1.0, 0.35),
-        Placed(_office_chair, dx + side * rng.uniform(0.2, 0.35), desk_z + 0.75, 0.6, 0.6,
-               yaw=side * rng.uniform(0.3, 0.6)),
+        Placed(
+            _office_chair,
+            dx + side * rng.uniform(0.2, 0.35),
+            desk_z + 0.75,
+            0.6,
+            0.6,
+            yaw=side * rng.uniform(0.3, 0.6),
+        ),
         Placed(_desk, dx, desk_z, desk_w, 0.72),
         Placed(_plant, -side * 1.5, desk_z + 0.6, 0.5, 0.5, optional=True),
         Placed(_floor_lamp, side * 1.75, desk_z - 0.2, 0.4, 0.4, optional=True),
@@ -1313,7 +1812,7 @@ def _entryway(rng: random.Random, p: Palette, room: Room) -> list[Placed]:
     side = rng.choice((-1, 1))
     return [
         Placed(_rug, shift, room.back - 2.2, 1.0, 3.6, kind="rug"),
-        Placed(_mirror, shift, room.back, 0.8, 0.8, kind="wall"),
+        Placed(_mirror, shift, room.back, 0.72, 0.72, kind="wall"),
         Placed(_console, shift, room.back - 0.2, 1.4, 0.38),
         Placed(_plant, shift - side * 1.2, room.back - 0.5, 0.45, 0.45, optional=True),
         Placed(_bench, side * 1.3, room.back - 2.6, 1.2, 0.42),
@@ -1350,21 +1849,22 @@ LAYOUTS: dict[RoomType, Layout] = {
 
 
 def _fit(items: list[Placed], cam: Camera, room: Room) -> list[Placed]:
-    """Keep pieces inside the side margins and in front of the camera's nearest visible floor."""
+    """Keep pieces in front of the nearest visible floor and clear of the side margins."""
     fitted = []
     for item in items:
+        reach = max(item.w, item.d) if item.yaw else item.w
+        depth = max(item.w, item.d) if item.yaw else item.d
         x, z = item.x, item.z
-        if item.kind in ("floor", "rug", "ceiling"):
-            reach = max(item.w, item.d) if item.yaw else item.w
-            front = z - (item.d if not item.yaw else reach) / 2
+        if item.kind == "wall":
+            x = room.fits(cam, x, room.back, item.w)
+        else:
+            front = z - depth / 2
             if front < room.near:
                 if item.optional and item.kind != "rug":
                     continue
                 z += room.near - front
             if item.kind != "rug":
-                x = room.fits(cam, x, z - item.d / 2, reach)
-        else:
-            x = room.fits(cam, x, room.back, item.w)
+                x = room.fits(cam, x, z - depth / 2, reach)
         fitted.append(replace(item, x=x, z=z))
     return fitted
 
@@ -1374,26 +1874,43 @@ def _paint_order(item: Placed) -> tuple[int, float, float]:
     return (rank, -item.z, -abs(item.x))
 
 
-def _render(photo: Image.Image, cam: Camera, items: list[Placed], palette: Palette) -> tuple[
-        Image.Image, float]:
+def _downsample(layer: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Shrink a supersampled layer with LANCZOS, resampling only the region that was drawn on."""
+    out = Image.new("RGBA", size, (0, 0, 0, 0))
+    bbox = layer.getbbox()
+    if bbox is None:
+        return out
+    pad = 4 * SUPERSAMPLE
+    x0, y0 = max(0, bbox[0] - pad) // SUPERSAMPLE, max(0, bbox[1] - pad) // SUPERSAMPLE
+    x1 = min(size[0], -(-(bbox[2] + pad) // SUPERSAMPLE))
+    y1 = min(size[1], -(-(bbox[3] + pad) // SUPERSAMPLE))
+    box = (x0 * SUPERSAMPLE, y0 * SUPERSAMPLE, x1 * SUPERSAMPLE, y1 * SUPERSAMPLE)
+    out.paste(layer.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=box), (x0, y0))
+    return out
+
+
+def _render(
+    photo: Image.Image, cam: Camera, items: list[Placed], palette: Palette
+) -> tuple[Image.Image, float]:
     r = Renderer(cam)
     for item in sorted(items, key=_paint_order):
         fr = Frame(item.x, item.z, item.yaw)
+        r.use_layer(rugs=item.kind == "rug")
         if item.kind == "floor":
             r.shadow(fr, item.w, item.d, 0.6 if item.draw is _plant else 1.0)
-        elif item.kind == "rug":
-            r.shadow(fr, item.w, item.d, 0.15)
         item.draw(r, fr, item.w, item.d, palette, random.Random(item.seed))
-    layer = r.image.resize(photo.size, Image.Resampling.LANCZOS)
-    alpha = layer.getchannel("A").histogram()
-    coverage = sum(alpha[128:]) / (photo.width * photo.height)
+    rugs = _downsample(r.rugs, photo.size)
+    furniture = _downsample(r.furniture, photo.size)
+    drawn = ImageChops.lighter(rugs.getchannel("A"), furniture.getchannel("A")).histogram()
+    coverage = sum(drawn[128:]) / (photo.width * photo.height)
     blur = max(0.5, cam.height / _SHADOW_SCALE * 0.012)
     soft = r.soft.filter(ImageFilter.GaussianBlur(blur * 2.5))
     contact = r.contact.filter(ImageFilter.GaussianBlur(blur * 0.8))
-    shade = Image.blend(soft, contact, 0.5).resize(photo.size, Image.Resampling.BILINEAR)
-    shaded = Image.composite(Image.new("RGB", photo.size, (18, 14, 10)), photo, shade)
-    out = shaded.convert("RGBA")
-    out.alpha_composite(layer)
+    shade = ImageChops.add(soft, contact, scale=1.6).resize(photo.size, Image.Resampling.BILINEAR)
+    out = photo.convert("RGBA")
+    out.alpha_composite(rugs)
+    out = Image.composite(Image.new("RGBA", photo.size, (18, 14, 10, 255)), out, shade)
+    out.alpha_composite(furniture)
     return out.convert("RGB"), coverage
 
 
@@ -1409,8 +1926,17 @@ def furnish(photo: Image.Image, room_type: RoomType, style: Style, seed: int) ->
         items = [i for i in items if not i.optional or i.kind == "rug"]
     items = _fit(items, cam, room)
     out, coverage = _render(photo, cam, items, palette)
-    while coverage > MAX_COVERAGE and any(i.optional for i in items):
-        drop = max((i for i in items if i.optional), key=lambda i: i.w * i.d / i.z**2)
-        items = [i for i in items if i is not drop]
+    # Tall or narrow frames can make the layout crowd the photo: shed decor, then shrink rugs.
+    for _ in range(MAX_RETRIES):
+        if coverage <= MAX_COVERAGE:
+            break
+        optional = [i for i in items if i.optional]
+        if optional:
+            drop = max(optional, key=lambda i: i.w * i.d / i.z**2)
+            items = [i for i in items if i is not drop]
+        else:
+            items = [
+                replace(i, w=i.w * 0.75, d=i.d * 0.75) if i.kind == "rug" else i for i in items
+            ]
         out, coverage = _render(photo, cam, items, palette)
     return out
