@@ -17,7 +17,7 @@ format: ## Format the code and apply safe lint fixes
 	uv run ruff format . && uv run ruff check --fix .
 
 typecheck: ## Type-check libs and services with mypy (strict)
-	uv run mypy libs services
+	uv run mypy -p contracts -p servicekit -p devstack -p gateway -p projects -p staging -p billing
 
 contact-sheet: ## Render the staging contact sheet to docs/images/contact-sheet.jpg
 	uv run python -m staging.contact_sheet --out docs/images/contact-sheet.jpg

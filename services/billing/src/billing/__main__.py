@@ -7,7 +7,7 @@ from servicekit.cli import run
 
 def main() -> None:
     """Entry point of the billing service."""
-    run("billing", BillingSettings, create_app)  # type: ignore[arg-type]
+    run("billing", BillingSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from servicekit.cli import run
 
 def main() -> None:
     """Entry point of the projects service."""
-    run("projects", ProjectsSettings, create_app)  # type: ignore[arg-type]
+    run("projects", ProjectsSettings, create_app)
 
 
 if __name__ == "__main__":

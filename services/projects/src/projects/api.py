@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
@@ -104,7 +105,7 @@ async def project_summary(
         project_id=project_id,
         image_count=sum(counts.values()),
         by_status={s.value: counts.get(s.value, 0) for s in ImageStatus},
-        total_cost_usd=round(cost, 4),  # type: ignore[arg-type]
+        total_cost_usd=Decimal(str(round(cost, 4))),
     )
 
 

@@ -6,6 +6,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
@@ -31,9 +32,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
 
 
-def _page(
-    stmt: Select[tuple[Project]] | Select[tuple[Image]], model: type, cursor: str | None, limit: int
-) -> Select:  # type: ignore[type-arg]
+def _page(stmt: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
     if cursor:
         created, row_id = decode_cursor(cursor)
         stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created, row_id))
@@ -117,7 +116,7 @@ class ImageRepository:
             )
         ).all()
         counts = {status.value: int(n) for status, n, _ in rows}
-        return counts, float(sum(cost for _, _, cost in rows))
+        return counts, float(sum(float(cost or 0) for _, _, cost in rows))
 
 
 class AllowanceRepository:

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.enums import IMAGE_STATUS_RANK, ImageStatus
+from contracts.enums import IMAGE_STATUS_RANK, ImageStatus, RoomType, Style
 from contracts.events import (
     Envelope,
+    Event,
     ImageDeleted,
     ImageFailed,
     ImageProcessing,
@@ -271,8 +272,8 @@ class ProjectsService:
                 user_id=image.user_id,
                 project_id=image.project_id,
                 original_key=image.original_key,
-                room_type=image.room_type,  # type: ignore[arg-type]
-                style=image.style,  # type: ignore[arg-type]
+                room_type=RoomType(image.room_type or RoomType.LIVING_ROOM),
+                style=Style(image.style or Style.MODERN),
                 seed=image.seed,
                 attempt=image.attempt,
             ),
@@ -293,17 +294,20 @@ class ProjectsService:
         )
 
 
+STATUS_OF_EVENT: dict[type[Event], ImageStatus] = {
+    ImageProcessing: ImageStatus.PROCESSING,
+    ImageReady: ImageStatus.READY,
+    ImageFailed: ImageStatus.ERROR,
+}
+
+
 async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket: str) -> None:
     """Apply a staging status event; stale or out-of-order events never move an image back."""
     event = envelope.data
     image = await ImageRepository(session).get_for_update(event.image_id)
     if image is None or event.attempt != image.attempt:
         return
-    new_status = {
-        ImageProcessing: ImageStatus.PROCESSING,
-        ImageReady: ImageStatus.READY,
-        ImageFailed: ImageStatus.ERROR,
-    }[type(event)]
+    new_status = STATUS_OF_EVENT[type(event)]
     current = image.status
     terminal = current in (ImageStatus.READY, ImageStatus.ERROR)
     if terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]:

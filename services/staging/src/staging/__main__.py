@@ -7,7 +7,7 @@ from staging.settings import StagingSettings
 
 def main() -> None:
     """Entry point of the staging service."""
-    run("staging", StagingSettings, create_app)  # type: ignore[arg-type]
+    run("staging", StagingSettings, create_app)
 
 
 if __name__ == "__main__":

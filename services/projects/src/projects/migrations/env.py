@@ -7,6 +7,8 @@ from servicekit.migrations import run_migrations
 
 run_migrations(
     Base.metadata,
-    context.config.attributes.get("database_url")
-    or context.config.get_main_option("sqlalchemy.url"),
+    str(
+        context.config.attributes.get("database_url")
+        or context.config.get_main_option("sqlalchemy.url")
+    ),
 )

@@ -7,6 +7,8 @@ from staging.models import Base
 
 run_migrations(
     Base.metadata,
-    context.config.attributes.get("database_url")
-    or context.config.get_main_option("sqlalchemy.url"),
+    str(
+        context.config.attributes.get("database_url")
+        or context.config.get_main_option("sqlalchemy.url")
+    ),
 )
