@@ -309,8 +309,11 @@ async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket
         return
     new_status = STATUS_OF_EVENT[type(event)]
     current = image.status
+    # A staged photo supersedes an earlier failure of the same attempt (an admin retried the
+    # job); nothing else moves an image that has finished.
+    recovered = current == ImageStatus.ERROR and new_status == ImageStatus.READY
     terminal = current in (ImageStatus.READY, ImageStatus.ERROR)
-    if terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]:
+    if not recovered and (terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]):
         return
     image.status = new_status
     image.updated_at = datetime.now(UTC)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from contracts.enums import ImageStatus
-from contracts.events import Envelope, ImageProcessing, ImageReady
+from contracts.events import Envelope, ImageFailed, ImageProcessing, ImageReady
 from projects.models import Image, OutboxMessage
 from projects.service import apply_status
 from projects.settings import ProjectsSettings
@@ -270,4 +270,40 @@ class TestStatusUpdates:
             assert row is not None
             assert row.status == ImageStatus.READY
             assert row.staged_url == "s3://realstaging-test/staged/x.jpg"
+        await engine.dispose()
+
+    async def test_a_retried_job_that_succeeds_replaces_the_failure(
+        self,
+        client: httpx.AsyncClient,
+        storage: Storage,
+        owner: Any,
+        settings: ProjectsSettings,
+        jpeg: bytes,
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = await _upload(storage, owner, jpeg)
+        image = (
+            await client.post(
+                f"/v1/projects/{project_id}/images", json=_item(key), headers=owner.headers
+            )
+        ).json()
+        image_id = uuid.UUID(image["id"])
+        engine = create_engine(settings.database_url)
+        sessions = create_sessionmaker(engine)
+
+        async def effect(session: Any, env: Envelope[Any]) -> None:
+            await apply_status(session, env, bucket="realstaging-test")
+
+        failed = ImageFailed(image_id=image_id, user_id=owner.id, reason="model timed out")
+        late_processing = ImageProcessing(image_id=image_id, user_id=owner.id, backend="local")
+        ready = ImageReady(
+            image_id=image_id, user_id=owner.id, staged_key="staged/y.jpg", backend="local"
+        )
+        for event in (failed, late_processing):
+            await apply_once(sessions, "t", Envelope.wrap(event, producer="staging"), effect)
+        body = (await client.get(f"/v1/images/{image_id}", headers=owner.headers)).json()
+        assert (body["status"], body["error"]) == ("error", "model timed out")
+        await apply_once(sessions, "t", Envelope.wrap(ready, producer="staging"), effect)
+        body = (await client.get(f"/v1/images/{image_id}", headers=owner.headers)).json()
+        assert (body["status"], body["error"], body["has_staged"]) == ("ready", None, True)
         await engine.dispose()
