@@ -307,3 +307,83 @@ class TestStatusUpdates:
         body = (await client.get(f"/v1/images/{image_id}", headers=owner.headers)).json()
         assert (body["status"], body["error"], body["has_staged"]) == ("ready", None, True)
         await engine.dispose()
+
+
+class TestRestageAndSummary:
+    """Restaging is a new, counted attempt; the summary adds up."""
+
+    async def test_restage_creates_a_new_counted_attempt(
+        self,
+        client: httpx.AsyncClient,
+        storage: Storage,
+        owner: Any,
+        settings: ProjectsSettings,
+        jpeg: bytes,
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = await _upload(storage, owner, jpeg)
+        image = (
+            await client.post(
+                f"/v1/projects/{project_id}/images", json=_item(key), headers=owner.headers
+            )
+        ).json()
+        too_early = await client.post(
+            f"/v1/images/{image['id']}/restage", json={"style": "rustic"}, headers=owner.headers
+        )
+        assert too_early.status_code == 409
+        engine = create_engine(settings.database_url)
+        sessions = create_sessionmaker(engine)
+
+        async def effect(session: Any, env: Envelope[Any]) -> None:
+            await apply_status(session, env, bucket="realstaging-test")
+
+        ready = ImageReady(
+            image_id=uuid.UUID(image["id"]), user_id=owner.id, staged_key="s/1.jpg", backend="local"
+        )
+        await apply_once(sessions, "t", Envelope.wrap(ready, producer="staging"), effect)
+        again = await client.post(
+            f"/v1/images/{image['id']}/restage",
+            json={"style": "rustic", "room_type": "bedroom"},
+            headers=owner.headers,
+        )
+        assert again.status_code == 200, again.text
+        body = again.json()
+        assert (body["status"], body["attempt"], body["style"], body["room_type"]) == (
+            "queued",
+            2,
+            "rustic",
+            "bedroom",
+        )
+        async with sessions() as session:
+            queued = (
+                await session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.routing_key == "image.queued")
+                )
+            ).all()
+        await engine.dispose()
+        assert sorted(q.payload["data"]["attempt"] for q in queued) == [1, 2]
+        usage = (await client.get("/v1/usage", headers=owner.headers)).json()
+        assert usage["used"] == 2
+        summary = (
+            await client.get(f"/v1/projects/{project_id}/summary", headers=owner.headers)
+        ).json()
+        assert summary["image_count"] == 1
+        assert summary["by_status"] == {"queued": 1, "processing": 0, "ready": 0, "error": 0}
+
+    async def test_projects_are_listed_newest_first_with_a_cursor(
+        self, client: httpx.AsyncClient, owner: Any
+    ) -> None:
+        for i in range(5):
+            await client.post("/v1/projects", json={"name": f"P{i}"}, headers=owner.headers)
+        first = (await client.get("/v1/projects?limit=3", headers=owner.headers)).json()
+        assert [p["name"] for p in first["items"]] == ["P4", "P3", "P2"]
+        rest = (
+            await client.get(
+                f"/v1/projects?limit=3&cursor={first['next_cursor']}", headers=owner.headers
+            )
+        ).json()
+        assert [p["name"] for p in rest["items"]] == ["P1", "P0"]
+        assert rest["next_cursor"] is None
+        bad = await client.get("/v1/projects?cursor=not-a-cursor", headers=owner.headers)
+        assert bad.status_code == 400
+        assert bad.json()["error"] == "invalid_cursor"
