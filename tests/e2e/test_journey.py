@@ -10,6 +10,8 @@ import uuid
 import asyncpg
 import httpx
 import pytest
+from minio import Minio
+from minio.error import S3Error
 from PIL import Image, ImageChops, ImageStat
 
 from devstack.services import Stack
@@ -162,3 +164,52 @@ class TestPhotoJourney:
             assert resp.status_code in (401, 404), (name, resp.status_code)
         assert httpx.get(f"{stack.url('projects')}/v1/projects").status_code == 401
         assert httpx.get(f"{stack.url('staging')}/v1/admin/staging/jobs").status_code == 401
+
+
+class TestDeletion:
+    """Deleting removes the photos from storage too."""
+
+    def test_deleting_a_project_removes_its_stored_photos(self, stack: Stack) -> None:
+        infra = stack.infra
+        storage = Minio(
+            infra.s3_endpoint.split("://", 1)[1],
+            access_key=infra.s3_access_key,
+            secret_key=infra.s3_secret_key,
+            secure=False,
+        )
+        with httpx.Client(base_url=stack.url("gateway"), timeout=30) as client:
+            erin = _sign_in(client, f"dev|erin-{uuid.uuid4().hex[:6]}")
+            project_id = client.post("/v1/projects", json={"name": "Sold"}, headers=erin).json()[
+                "id"
+            ]
+            key = client.post(
+                "/v1/uploads",
+                files={"file": ("hall.jpg", _jpeg(320, 240), "image/jpeg")},
+                headers=erin,
+            ).json()["key"]
+            image = client.post(
+                f"/v1/projects/{project_id}/images",
+                json={"key": key, "room_type": "entryway", "style": "coastal"},
+                headers=erin,
+            ).json()
+            assert _wait_until_settled(client, image["id"], erin)["status"] == "ready"
+            staged = [
+                o.object_name
+                for o in storage.list_objects(infra.s3_bucket, prefix="staged/", recursive=True)
+                if image["id"] in o.object_name
+            ]
+            assert staged, "the staged photo is stored"
+            assert client.delete(f"/v1/projects/{project_id}", headers=erin).status_code == 204
+            assert client.get(f"/v1/images/{image['id']}", headers=erin).status_code == 404
+
+        def gone(name: str) -> bool:
+            try:
+                storage.stat_object(infra.s3_bucket, name)
+            except S3Error:
+                return True
+            return False
+
+        deadline = time.monotonic() + 30
+        while not (gone(key) and all(gone(k) for k in staged)):
+            assert time.monotonic() < deadline, "stored photos were not removed within 30 s"
+            time.sleep(0.1)

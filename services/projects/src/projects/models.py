@@ -56,7 +56,9 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
-    images: Mapped[list[Image]] = relationship(back_populates="project", lazy="raise")
+    images: Mapped[list[Image]] = relationship(
+        back_populates="project", lazy="raise", passive_deletes=True
+    )
 
 
 class Image(Base):

@@ -387,3 +387,34 @@ class TestRestageAndSummary:
         bad = await client.get("/v1/projects?cursor=not-a-cursor", headers=owner.headers)
         assert bad.status_code == 400
         assert bad.json()["error"] == "invalid_cursor"
+
+    async def test_deleting_a_project_deletes_its_images_and_announces_their_objects(
+        self,
+        client: httpx.AsyncClient,
+        storage: Storage,
+        owner: Any,
+        settings: ProjectsSettings,
+        jpeg: bytes,
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = await _upload(storage, owner, jpeg)
+        image = (
+            await client.post(
+                f"/v1/projects/{project_id}/images", json=_item(key), headers=owner.headers
+            )
+        ).json()
+        deleted = await client.delete(f"/v1/projects/{project_id}", headers=owner.headers)
+        assert deleted.status_code == 204
+        assert (
+            await client.get(f"/v1/images/{image['id']}", headers=owner.headers)
+        ).status_code == 404
+        engine = create_engine(settings.database_url)
+        async with create_sessionmaker(engine)() as session:
+            event = (
+                await session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.routing_key == "project.deleted")
+                )
+            ).one()
+        await engine.dispose()
+        assert event.payload["data"]["image_ids"] == [image["id"]]
+        assert event.payload["data"]["keys"] == [key]
