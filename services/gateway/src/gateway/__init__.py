@@ -1,0 +1,1 @@
+"""Real Staging gateway: the public entry point (auth, provisioning, forwarding)."""

@@ -6,30 +6,33 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from contracts.enums import Role, RoomType, Style
-from gateway import service
+from gateway import service, tickets
 from gateway.deps import (
     AdminUser,
     ClientsDep,
     CurrentUser,
     DevIssuerDep,
+    StreamCaller,
     identity_of,
 )
-from gateway.proxy import BILLING, PROJECTS, ROUTES
+from gateway.live import EventStream, EventStreamResponse
+from gateway.proxy import PROJECTS, PUBLIC_ROUTES, ROUTES, is_admin_prefix
 from gateway.schemas import (
     CatalogEntry,
     CatalogOut,
     DevTokenRequest,
     MeOut,
     RoleUpdate,
+    TicketOut,
     TokenOut,
     UserOut,
     UserPageOut,
 )
-from servicekit.runtime import SessionDep
+from servicekit.runtime import RuntimeDep, SessionDep
 
 ROOM_LABELS: dict[RoomType, str] = {
     RoomType.LIVING_ROOM: "Living room",
@@ -86,6 +89,54 @@ async def me(user: CurrentUser, clients: ClientsDep) -> MeOut:
         created_at=user.created_at,
         plan=usage.get("plan") if usage else None,
         usage=usage,
+    )
+
+
+@router.post("/events/ticket", tags=["events"])
+async def stream_ticket(user: CurrentUser, clients: ClientsDep) -> TicketOut:
+    """A short-lived, single-use ticket that opens one live update stream."""
+    settings = clients.settings
+    return TicketOut(
+        ticket=tickets.mint(settings, user.id), expires_in=settings.stream_ticket_ttl_seconds
+    )
+
+
+STREAM_DESCRIPTION = """Server-sent events with the caller's image status changes.
+
+Authenticate with `?ticket=` (from `POST /v1/events/ticket`; each ticket opens one stream) or
+an `Authorization: Bearer` header. A new stream starts with a `snapshot` event (the caller's
+images still in progress and the current event id); then every change arrives as an
+`image.status` event whose `id:` is its position. To resume without loss, reconnect with that
+id in the `Last-Event-ID` header (or `?last_event_id=`, for a new `EventSource`). A `: ping`
+comment keeps idle connections open."""
+
+
+@router.get(
+    "/events",
+    tags=["events"],
+    response_class=EventStreamResponse,
+    description=STREAM_DESCRIPTION,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream."}},
+)
+async def events(
+    user_id: StreamCaller,
+    clients: ClientsDep,
+    runtime: RuntimeDep,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=32, include_in_schema=False)
+    ] = None,
+    last_event_id: Annotated[int | None, Query(ge=0)] = None,
+) -> EventStreamResponse:
+    """Stream the caller's image status changes."""
+    resume = last_event_id
+    if last_event_id_header is not None and last_event_id_header.strip().isdigit():
+        resume = int(last_event_id_header.strip())
+    settings = clients.settings
+    stream = EventStream(clients.live, runtime.sessionmaker, settings, user_id, resume)
+    return EventStreamResponse(
+        stream.events(),
+        send_timeout=settings.sse_send_timeout_seconds,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
@@ -156,16 +207,10 @@ def _admin(target: str) -> Handler:
 def proxy_router() -> APIRouter:
     """Routes that relay to the internal services, public ones first."""
     proxy = APIRouter(include_in_schema=False)
-    public: list[tuple[str, list[str], str]] = [
-        ("/v1/plans", ["GET", "HEAD"], BILLING),
-        ("/v1/plans/{rest:path}", ["GET", "HEAD"], BILLING),
-        # Stripe signs its webhooks; billing checks the signature on the raw body.
-        ("/v1/billing/webhooks/stripe", ["POST"], BILLING),
-    ]
-    for path, methods, target in public:
-        proxy.add_api_route(path, _public(target), methods=methods)
+    for path, methods, target in PUBLIC_ROUTES:
+        proxy.add_api_route(path, _public(target), methods=list(methods))
     for prefix, target in ROUTES:
-        handler = _admin(target) if prefix.startswith("/v1/admin/") else _authenticated(target)
+        handler = _admin(target) if is_admin_prefix(prefix) else _authenticated(target)
         for path in (prefix, prefix + "/{rest:path}"):
             proxy.add_api_route(path, handler, methods=METHODS)
     return proxy

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.enums import Role
 from gateway import service
@@ -84,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--ttl must be positive")
         print(mint_token(settings, args.sub, email=args.email, role=args.role, ttl=args.ttl))
     else:
-        message = asyncio.run(set_role(settings, args.sub, Role(args.role), args.email))
+        try:
+            message = asyncio.run(set_role(settings, args.sub, Role(args.role), args.email))
+        except (OSError, SQLAlchemyError) as exc:
+            raise SystemExit(f"error: the gateway database is unavailable: {exc}") from None
         print(message, file=sys.stderr)
 
 

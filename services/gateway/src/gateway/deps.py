@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from contracts.enums import Role
 from contracts.identity import Identity
-from gateway import service
+from gateway import ratelimit, service, tickets
 from gateway.auth import (
     JwksKeyResolver,
     LocalKeyResolver,
@@ -19,21 +20,25 @@ from gateway.auth import (
     TokenVerifier,
 )
 from gateway.devissuer import DevIssuer
+from gateway.live import LiveHub
 from gateway.models import User
 from gateway.proxy import Forwarder
 from gateway.settings import GatewaySettings
 from servicekit.db import unit_of_work
-from servicekit.errors import Forbidden, NotFound
+from servicekit.errors import Forbidden, NotFound, Unauthorized
 from servicekit.logs import request_id_var
 from servicekit.runtime import RuntimeDep
 
 
 class GatewayClients:
-    """What the gateway holds besides the runtime: the verifier, dev issuer and forwarder."""
+    """What the gateway holds besides the runtime: verifier, dev issuer, forwarder, live hub."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.forwarder = Forwarder(settings)
+        self.live = LiveHub(
+            queue_size=settings.sse_queue_size, max_per_user=settings.sse_max_streams_per_user
+        )
         self.dev_issuer: DevIssuer | None = None
         self._verifier: TokenVerifier | None = None
 
@@ -96,8 +101,10 @@ async def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-async def current_user(principal: PrincipalDep, clients: ClientsDep, runtime: RuntimeDep) -> User:
-    """The caller's user row, provisioned on first sight."""
+async def current_user(
+    principal: PrincipalDep, clients: ClientsDep, runtime: RuntimeDep, request: Request
+) -> User:
+    """The caller's user row, provisioned on first sight; writes count against their limit."""
     settings = clients.settings
     role = (
         Role.ADMIN
@@ -117,6 +124,7 @@ async def current_user(principal: PrincipalDep, clients: ClientsDep, runtime: Ru
         )
     if provisioned.created:
         runtime.relay.wake()
+    await ratelimit.enforce(settings, runtime.sessionmaker, provisioned.user.id, request)
     return provisioned.user
 
 
@@ -151,3 +159,30 @@ def dev_issuer(clients: ClientsDep) -> DevIssuer:
 
 
 DevIssuerDep = Annotated[DevIssuer, Depends(dev_issuer)]
+
+
+async def stream_caller(
+    request: Request,
+    clients: ClientsDep,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ticket: Annotated[
+        str | None,
+        Query(max_length=tickets.MAX_TICKET_LENGTH, description="A ticket from /v1/events/ticket."),
+    ] = None,
+) -> uuid.UUID:
+    """Who opens a live stream: a stream ticket in the URL, or a bearer token in the header."""
+    if "access_token" in request.query_params:
+        # URLs end up in logs and browser history; a long-lived token must never be in one.
+        raise Unauthorized(
+            "Access tokens are not accepted in the URL; use a stream ticket.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+        )
+    if ticket is not None:
+        return await tickets.redeem(clients.settings, runtime.sessionmaker, ticket)
+    principal = await current_principal(clients, credentials)
+    user = await current_user(principal, clients, runtime, request)
+    return user.id
+
+
+StreamCaller = Annotated[uuid.UUID, Depends(stream_caller)]

@@ -1,4 +1,7 @@
-"""The gateway's tables: users (seed schema); outbox and inbox come from servicekit."""
+"""The gateway's tables: users (seed schema), image events, rate limits and stream tickets.
+
+Outbox and inbox come from servicekit.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,22 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Text, func, text
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from servicekit.db import Base
 from servicekit.outbox import InboxMessage, OutboxMessage
 
-__all__ = ["Base", "InboxMessage", "OutboxMessage", "User"]
+__all__ = [
+    "Base",
+    "ImageEvent",
+    "InboxMessage",
+    "OutboxMessage",
+    "RateLimit",
+    "StreamTicket",
+    "User",
+]
 
 
 class User(Base):
@@ -44,3 +55,49 @@ class User(Base):
         Index("ix_users_email", "email"),
         Index("ix_users_created_at_id", "created_at", "id"),
     )
+
+
+class ImageEvent(Base):
+    """An image status change as streamed to its owner; `id` is the SSE event id."""
+
+    __tablename__ = "image_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    image_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
+    status: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'processing', 'ready', 'error')", name="status"),
+        Index("ix_image_events_user_id_id", "user_id", "id"),
+        Index("ix_image_events_image_id", "image_id"),
+        Index("ix_image_events_created_at", "created_at"),
+    )
+
+
+class RateLimit(Base):
+    """How many writes a user made in one fixed window."""
+
+    __tablename__ = "rate_limits"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_rate_limits_window_start", "window_start"),)
+
+
+class StreamTicket(Base):
+    """A stream ticket already used; kept until it expires so it cannot be used again."""
+
+    __tablename__ = "stream_tickets"
+
+    jti: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_stream_tickets_expires_at", "expires_at"),)

@@ -8,9 +8,9 @@ allow-list of headers crosses in either direction: the caller's `Authorization` 
 from __future__ import annotations
 
 import logging
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -66,11 +66,48 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/v1/uploads", PROJECTS),
     ("/v1/images", PROJECTS),
     ("/v1/usage", PROJECTS),
+    # Before `/v1/billing`, whose catch-all would otherwise take it without the admin gate.
+    ("/v1/billing/admin", BILLING),
     ("/v1/billing", BILLING),
     ("/v1/plans", BILLING),
     ("/v1/admin/staging", STAGING),
 )
-"""Path prefix → the service that owns it."""
+"""Path prefix → the service that owns it, most specific first."""
+
+ADMIN_PREFIXES: tuple[str, ...] = ("/v1/admin/", "/v1/billing/admin")
+"""Forwarded prefixes only admins may use."""
+
+PUBLIC_ROUTES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("/v1/plans", ("GET", "HEAD"), BILLING),
+    ("/v1/plans/{rest:path}", ("GET", "HEAD"), BILLING),
+    # Stripe signs its webhooks; billing checks the signature on the raw body.
+    ("/v1/billing/webhooks/stripe", ("POST",), BILLING),
+)
+"""Forwarded routes that need no token."""
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def is_admin_prefix(prefix: str) -> bool:
+    """Whether a forwarded prefix is for admins only."""
+    return any(_under(prefix, admin.rstrip("/")) for admin in ADMIN_PREFIXES)
+
+
+def is_forwarded(path: str) -> bool:
+    """Whether the gateway forwards `path` to an internal service."""
+    return any(_under(path, prefix) for prefix, _ in ROUTES)
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether `method path` is forwarded without a token."""
+    for route, methods, _ in PUBLIC_ROUTES:
+        prefix = route.removesuffix("/{rest:path}")
+        matches = _under(path, prefix) if route.endswith("{rest:path}") else path == route
+        if matches and method in methods:
+            return True
+    return False
 
 
 class Forwarder:
@@ -209,7 +246,7 @@ def _safe_path(request: Request) -> str:
     decoded = request.url.path
     if any(seg in (".", "..") for seg in decoded.split("/")):
         raise NotFound("Not found.")
-    raw = request.scope.get("raw_path")
+    raw: bytes | None = request.scope.get("raw_path")
     if raw:
         path = raw.decode("latin-1").split("?", 1)[0]
         if "%2e" in path.lower() or "%2f" in path.lower():

@@ -5,12 +5,33 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.models import User
+from gateway.models import ImageEvent, RateLimit, StreamTicket, User
+
+EVENT_LOCK_NAMESPACE = 0x5EE
+"""First key of the per-user advisory lock that orders `image_events` ids."""
+
+_RECORD_EVENT = text(
+    """
+    INSERT INTO image_events (user_id, image_id, event_id, status, attempt, payload)
+    SELECT CAST(:user_id AS uuid), CAST(:image_id AS uuid), CAST(:event_id AS uuid),
+           CAST(:status AS text), CAST(:attempt AS integer), CAST(:payload AS jsonb)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM image_events
+        WHERE image_id = CAST(:image_id AS uuid)
+          AND (attempt > CAST(:attempt AS integer) OR (attempt = CAST(:attempt AS integer) AND
+               CASE status WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END
+               >= CAST(:rank AS integer)))
+    )
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id
+    """
+).bindparams(bindparam("payload", type_=JSONB))
 
 
 class UserRepository:
@@ -67,3 +88,150 @@ class UserRepository:
         if after is not None:
             stmt = stmt.where(tuple_(User.created_at, User.id) < after)
         return (await self.session.scalars(stmt)).all()
+
+
+class ImageEventRepository:
+    """Reads and writes `image_events` inside the caller's transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def record(
+        self,
+        *,
+        event_id: uuid.UUID,
+        user_id: uuid.UUID,
+        image_id: uuid.UUID,
+        status: str,
+        rank: int,
+        attempt: int,
+        payload: dict[str, Any],
+    ) -> int | None:
+        """Insert the event or find the row another replica inserted; None when it is stale.
+
+        The per-user lock makes ids commit in the order they are drawn for each user, so a
+        stream that has read up to id N can never later see a committed row below N.
+        """
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, hashtext(:user_id))"),
+            {"ns": EVENT_LOCK_NAMESPACE, "user_id": str(user_id)},
+        )
+        inserted = (
+            await self.session.execute(
+                _RECORD_EVENT,
+                {
+                    "user_id": user_id,
+                    "image_id": image_id,
+                    "event_id": event_id,
+                    "status": status,
+                    "attempt": attempt,
+                    "rank": rank,
+                    "payload": payload,
+                },
+            )
+        ).scalar_one_or_none()
+        if inserted is not None:
+            return int(inserted)
+        existing = await self.session.scalar(
+            select(ImageEvent.id).where(ImageEvent.event_id == event_id)
+        )
+        return None if existing is None else int(existing)
+
+    async def after(
+        self, user_id: uuid.UUID, after_id: int, *, limit: int
+    ) -> Sequence[tuple[int, dict[str, Any]]]:
+        """The user's events with an id above `after_id`, oldest first."""
+        rows = await self.session.execute(
+            select(ImageEvent.id, ImageEvent.payload)
+            .where(ImageEvent.user_id == user_id, ImageEvent.id > after_id)
+            .order_by(ImageEvent.id)
+            .limit(limit)
+        )
+        return [(int(row.id), row.payload) for row in rows]
+
+    async def last_id(self, user_id: uuid.UUID | None = None) -> int:
+        """The highest event id of a user (of anyone when None); 0 when there is none."""
+        stmt = select(func.max(ImageEvent.id))
+        if user_id is not None:
+            stmt = stmt.where(ImageEvent.user_id == user_id)
+        return int(await self.session.scalar(stmt) or 0)
+
+    async def unfinished(
+        self, user_id: uuid.UUID, *, up_to: int, since: datetime
+    ) -> Sequence[dict[str, Any]]:
+        """Payloads of the user's images whose latest status (up to id `up_to`) is unfinished."""
+        latest = (
+            select(ImageEvent.id, ImageEvent.status, ImageEvent.payload)
+            .distinct(ImageEvent.image_id)
+            .where(
+                ImageEvent.user_id == user_id,
+                ImageEvent.id <= up_to,
+                ImageEvent.created_at >= since,
+            )
+            .order_by(ImageEvent.image_id, ImageEvent.id.desc())
+            .subquery()
+        )
+        rows = await self.session.execute(
+            select(latest.c.payload)
+            .where(latest.c.status.in_(("queued", "processing")))
+            .order_by(latest.c.id)
+        )
+        return [row.payload for row in rows]
+
+    async def prune(self, before: datetime) -> int:
+        """Delete events older than `before`; returns how many."""
+        result = await self.session.execute(
+            delete(ImageEvent).where(ImageEvent.created_at < before)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class RateLimitRepository:
+    """Fixed-window write counters in `rate_limits`."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def hit(self, user_id: uuid.UUID, window_start: datetime) -> int:
+        """Count one write in the window and return the window's count so far."""
+        stmt = (
+            insert(RateLimit)
+            .values(user_id=user_id, window_start=window_start, count=1)
+            .on_conflict_do_update(
+                index_elements=[RateLimit.user_id, RateLimit.window_start],
+                set_={"count": RateLimit.count + 1},
+            )
+            .returning(RateLimit.count)
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def prune(self, before: datetime) -> int:
+        """Delete windows that started before `before`; returns how many."""
+        result = await self.session.execute(
+            delete(RateLimit).where(RateLimit.window_start < before)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class StreamTicketRepository:
+    """Used stream tickets, so each is accepted once."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def use(self, jti: uuid.UUID, user_id: uuid.UUID, expires_at: datetime) -> bool:
+        """Mark a ticket used; False when it was used before."""
+        stmt = (
+            insert(StreamTicket)
+            .values(jti=jti, user_id=user_id, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=[StreamTicket.jti])
+            .returning(StreamTicket.jti)
+        )
+        return (await self.session.scalars(stmt)).one_or_none() is not None
+
+    async def prune(self, before: datetime) -> int:
+        """Forget tickets that expired before `before`; returns how many."""
+        result = await self.session.execute(
+            delete(StreamTicket).where(StreamTicket.expires_at < before)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)

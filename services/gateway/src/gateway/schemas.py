@@ -82,3 +82,10 @@ class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+
+
+class TicketOut(BaseModel):
+    """A single-use ticket for `GET /v1/events?ticket=...`."""
+
+    ticket: str
+    expires_in: int

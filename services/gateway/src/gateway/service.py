@@ -15,7 +15,7 @@ from contracts.enums import Role
 from contracts.events import UserCreated
 from gateway.models import User
 from gateway.repository import UserRepository
-from servicekit.errors import Conflict, NotFound, ServiceError
+from servicekit.errors import Conflict, NotFound, ServiceError, Unavailable
 from servicekit.outbox import add_event
 
 PRODUCER = "gateway"
@@ -49,7 +49,7 @@ async def provision(
         # waited on the unique index), so this read sees it.
         user = await repo.get_by_sub(sub)
         if user is None:
-            raise ServiceError("Could not provision the user; try again.", status=503)
+            raise Unavailable("Could not set up your account just now; please try again.")
         return Provisioned(user, created=False)
     add_event(
         session,

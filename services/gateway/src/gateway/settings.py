@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -46,7 +48,31 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = 30 * 1024 * 1024
     admin_subs: CommaList = Field(default_factory=list)
 
-    @field_validator("cors_origins", "admin_subs", mode="before")
+    # Live updates (`GET /v1/events`).
+    stream_ticket_secret: SecretStr | None = None
+    stream_ticket_ttl_seconds: int = Field(default=60, ge=5, le=600)
+    sse_heartbeat_seconds: float = Field(default=15, gt=0)
+    sse_retry_ms: int = Field(default=3000, ge=100)
+    sse_queue_size: int = Field(default=256, ge=1)
+    sse_max_streams_per_user: int = Field(default=10, ge=1)
+    sse_send_timeout_seconds: float = Field(default=30, gt=0)
+    sse_batch_size: int = Field(default=200, ge=1, le=5000)
+    image_events_retention_hours: float = Field(default=24, gt=0)
+    maintenance_interval_seconds: float = Field(default=300, gt=0)
+
+    # Per-user limit on writes under `/v1`, shared by every replica through PostgreSQL.
+    rate_limit_enabled: bool = True
+    rate_limit_writes: int = Field(default=60, ge=1)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
+    rate_limit_exempt_paths: CommaList = Field(
+        default_factory=lambda: ["/v1/billing/webhooks/stripe", "/v1/events/ticket"]
+    )
+
+    # The merged public OpenAPI document.
+    openapi_refresh_seconds: float = Field(default=300, gt=0)
+    openapi_fetch_timeout_seconds: float = Field(default=5, gt=0)
+
+    @field_validator("cors_origins", "admin_subs", "rate_limit_exempt_paths", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # Accept a JSON list or the friendlier `a,b,c` in environment variables.
@@ -80,7 +106,23 @@ class GatewaySettings(ServiceSettings):
             )
         if self.auth0_domain and not self.auth0_audience:
             raise ValueError("GATEWAY_AUTH0_AUDIENCE is required when GATEWAY_AUTH0_DOMAIN is set")
+        ticket = self.stream_ticket_secret
+        if ticket is not None and len(ticket.get_secret_value()) < 32:
+            raise ValueError("GATEWAY_STREAM_TICKET_SECRET must be at least 32 characters long")
         return self
+
+    @property
+    def ticket_key(self) -> bytes:
+        """The HS256 key of stream tickets, the same on every replica."""
+        if self.stream_ticket_secret is not None:
+            return self.stream_ticket_secret.get_secret_value().encode()
+        # Derived with domain separation, so an unset setting never breaks a deployment and a
+        # ticket can never pass for an internal identity token.
+        return hmac.new(
+            self.internal_secret.get_secret_value().encode(),
+            b"realstaging gateway stream tickets",
+            hashlib.sha256,
+        ).digest()
 
     @property
     def dev_mode(self) -> bool:

@@ -8,4 +8,6 @@ from servicekit.migrations import run_migrations
 url = context.config.attributes.get("database_url") or context.config.get_main_option(
     "sqlalchemy.url"
 )
-run_migrations(Base.metadata, url)
+if not url:
+    raise RuntimeError("no database URL: pass database_url or set sqlalchemy.url")
+run_migrations(Base.metadata, str(url))

@@ -52,7 +52,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
         sa.UniqueConstraint("auth0_sub", name="uq_users_auth0_sub"),
-        sa.CheckConstraint("role IN ('user', 'admin')", name="ck_users_role"),
+        sa.CheckConstraint("role IN ('user', 'admin')", name="role"),
     )
     op.create_index("ix_users_email", "users", ["email"])
     # Admin listing pages through users by (created_at, id).
