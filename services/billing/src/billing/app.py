@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI
 
 from billing import api, consumers
 from billing.repository import PlanRepository
+from billing.service import refresh_due_entitlements
 from billing.settings import BillingSettings
+from billing.stripe_api import StripeApi
 from servicekit.db import unit_of_work
 from servicekit.runtime import Runtime, create_service_app
 from servicekit.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+
+async def sweep_entitlements(runtime: Runtime, settings: BillingSettings) -> None:
+    """Re-announce entitlements whose time is up, for the life of the service."""
+    while True:
+        try:
+            if await refresh_due_entitlements(runtime.sessionmaker, settings):
+                runtime.relay.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("entitlement sweep paused: %s", exc)
+        await asyncio.sleep(settings.entitlement_sweep_seconds)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -33,10 +49,24 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except Exception:
             logger.warning("could not configure plans yet; the database is unavailable")
 
-    return create_service_app(
+    async def open_stripe(runtime: Runtime) -> None:
+        """Create the Stripe client (if a key is configured) and start the sweeper."""
+        app.state.stripe = StripeApi(cfg) if cfg.payments_enabled else None
+        if app.state.stripe is None:
+            logger.warning("no Stripe secret key: checkout and portal answer 503")
+        runtime.spawn(sweep_entitlements(runtime, cfg), "entitlement-sweeper")
+
+    async def close_stripe(_: Runtime) -> None:
+        """Close the Stripe client's connections."""
+        if app.state.stripe is not None:
+            await app.state.stripe.close()
+
+    app = create_service_app(
         cfg,
         title="Real Staging billing",
         routers=[api.router],
         register_consumers=consumers.register,
-        on_startup=[configure_plans],
+        on_startup=[configure_plans, open_stripe],
+        on_shutdown=[close_stripe],
     )
+    return app

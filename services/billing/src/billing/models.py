@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Integer, Text, func, text
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -15,7 +15,10 @@ from servicekit.outbox import InboxMessage, OutboxMessage
 
 __all__ = [
     "Account",
+    "AnnouncedEntitlement",
     "Base",
+    "Comp",
+    "DeletedCustomer",
     "InboxMessage",
     "Invoice",
     "OutboxMessage",
@@ -78,6 +81,9 @@ class Subscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
+    stripe_customer_id: Mapped[str | None] = mapped_column(Text, index=True)
+    stripe_event_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_event_id: Mapped[str | None] = mapped_column(Text)
 
 
 class Invoice(Base):
@@ -96,6 +102,9 @@ class Invoice(Base):
     invoice_number: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
+    stripe_customer_id: Mapped[str | None] = mapped_column(Text)
+    stripe_event_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_event_id: Mapped[str | None] = mapped_column(Text)
 
 
 class ProcessedEvent(Base):
@@ -108,3 +117,44 @@ class ProcessedEvent(Base):
     type: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     received_at: Mapped[datetime] = _created()
+
+
+class DeletedCustomer(Base):
+    """A Stripe customer deleted in Stripe; it is never linked to anyone again."""
+
+    __tablename__ = "deleted_customers"
+
+    stripe_customer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    deleted_at: Mapped[datetime] = _created()
+
+
+class Comp(Base):
+    """A plan granted by an admin without Stripe, optionally until a date."""
+
+    __tablename__ = "comps"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text, ForeignKey("plans.code"))
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    granted_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class AnnouncedEntitlement(Base):
+    """The entitlement last announced for a user; its row lock orders announcements."""
+
+    __tablename__ = "announced_entitlements"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(Text, server_default=text("'free'"))
+    monthly_limit: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    status: Mapped[str] = mapped_column(Text, server_default=text("'free'"))
+    source: Mapped[str] = mapped_column(Text, server_default=text("'free'"))
+    period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(Text)
+    changes_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _created()

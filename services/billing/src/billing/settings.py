@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import ServiceSettings
+from servicekit.settings import PLACEHOLDER_SECRETS, ServiceSettings
 
 
 class BillingSettings(ServiceSettings):
@@ -20,8 +20,44 @@ class BillingSettings(ServiceSettings):
     port: int = 8003
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_timeout_seconds: float = 20.0
+    stripe_max_network_retries: int = 2
+    stripe_idempotency_window_seconds: int = 300
+    webhook_tolerance_seconds: int = 300
+    app_url: str = "http://127.0.0.1:8000"
     price_pro: str | None = None
     price_business: str | None = None
     limit_free: int = 5
     limit_pro: int = 100
     limit_business: int = 500
+    past_due_grace_days: int = 7
+    entitlement_sweep_seconds: float = 60.0
+
+    @field_validator("stripe_secret_key", "stripe_webhook_secret", mode="after")
+    @classmethod
+    def _blank_means_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("a Stripe secret must be a real key, not a placeholder")
+        return value
+
+    @field_validator("price_pro", "price_business", "stripe_api_base", mode="after")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("app_url", mode="after")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def payments_enabled(self) -> bool:
+        """Whether checkout and the portal can talk to Stripe."""
+        return self.stripe_secret_key is not None
+
+    def price_for(self, plan_code: str) -> str | None:
+        """The Stripe price configured for a paid plan."""
+        return {"pro": self.price_pro, "business": self.price_business}.get(plan_code)

@@ -1,0 +1,90 @@
+"""FastAPI dependencies of the billing service."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import stripe
+from fastapi import Depends, Request
+
+from billing.errors import InvalidWebhook
+from billing.payments import PaymentsService
+from billing.service import BillingService
+from billing.settings import BillingSettings
+from billing.stripe_api import StripeApi
+from servicekit.errors import NotFound
+from servicekit.logs import request_id_var
+from servicekit.runtime import RuntimeDep, SessionDep
+
+
+def get_settings(request: Request) -> BillingSettings:
+    """The service settings."""
+    settings: BillingSettings = request.app.state.settings
+    return settings
+
+
+def get_stripe(request: Request) -> StripeApi | None:
+    """The Stripe client, or None when no secret key is configured."""
+    api: StripeApi | None = getattr(request.app.state, "stripe", None)
+    return api
+
+
+SettingsDep = Annotated[BillingSettings, Depends(get_settings)]
+StripeDep = Annotated[StripeApi | None, Depends(get_stripe)]
+
+
+def get_billing(session: SessionDep, settings: SettingsDep) -> BillingService:
+    """Billing rules bound to this request's unit of work."""
+    return BillingService(session, settings, correlation_id=request_id_var.get())
+
+
+def get_payments(runtime: RuntimeDep, settings: SettingsDep, api: StripeDep) -> PaymentsService:
+    """The Stripe round trips of this request."""
+    return PaymentsService(runtime, settings, api)
+
+
+BillingDep = Annotated[BillingService, Depends(get_billing)]
+PaymentsDep = Annotated[PaymentsService, Depends(get_payments)]
+
+
+async def verified_stripe_event(request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """The Stripe event in the raw body, once its signature and timestamp check out."""
+    if settings.stripe_webhook_secret is None:
+        # No secret, no endpoint: unsigned events are never accepted.
+        raise NotFound("Not Found")
+    payload = await request.body()
+    signature = request.headers.get("stripe-signature")
+    if not signature:
+        raise InvalidWebhook("The Stripe-Signature header is missing.", code="invalid_signature")
+    try:
+        stripe.Webhook.construct_event(
+            payload,
+            signature,
+            settings.stripe_webhook_secret.get_secret_value(),
+            tolerance=settings.webhook_tolerance_seconds,
+        )
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidWebhook(
+            "The Stripe signature does not match or is too old.",
+            code="invalid_signature",
+            details={"reason": str(exc.user_message or exc)},
+        ) from exc
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # Not JSON, not UTF-8, or JSON that is not an event object.
+        raise InvalidWebhook("The webhook body is not valid JSON.", code="invalid_payload") from exc
+    event = json.loads(payload)
+    data = event.get("data") if isinstance(event, dict) else None
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+    ):
+        raise InvalidWebhook("The webhook body is not a Stripe event.", code="invalid_payload")
+    return event
+
+
+StripeEventDep = Annotated[dict[str, Any], Depends(verified_stripe_event)]

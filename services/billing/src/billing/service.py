@@ -1,0 +1,262 @@
+"""Billing rules: entitlements, subscription and invoice state, customers, comps."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from billing.entitlements import (
+    CompFacts,
+    EntitlementResult,
+    PlanTerms,
+    SubscriptionFacts,
+    compute_entitlement,
+)
+from billing.models import Comp, Subscription
+from billing.repository import (
+    AccountRepository,
+    CompRepository,
+    DeletedCustomerRepository,
+    EntitlementRepository,
+    InvoiceRepository,
+    PlanRepository,
+    SubscriptionRepository,
+)
+from billing.settings import BillingSettings
+from billing.stripe_objects import InvoiceState, SubscriptionState, Version
+from contracts.enums import PlanCode
+from contracts.events import CustomerLinked, SubscriptionUpdated
+from servicekit.db import unit_of_work
+from servicekit.outbox import add_event
+
+logger = logging.getLogger(__name__)
+
+PRODUCER = "billing"
+
+
+@dataclass(frozen=True)
+class BillingView:
+    """What a user (or an admin looking at them) sees of their billing state."""
+
+    entitlement: EntitlementResult
+    subscription: Subscription | None
+    comp: Comp | None
+    has_customer: bool
+
+
+class BillingService:
+    """Rules over one unit of work; never commits."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        settings: BillingSettings,
+        *,
+        correlation_id: str | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.correlation_id = correlation_id
+        self.plans = PlanRepository(session)
+        self.accounts = AccountRepository(session)
+        self.deleted_customers = DeletedCustomerRepository(session)
+        self.subscriptions = SubscriptionRepository(session)
+        self.invoices = InvoiceRepository(session)
+        self.comps = CompRepository(session)
+        self.entitlements = EntitlementRepository(session)
+
+    async def compute(self, user_id: uuid.UUID, now: datetime | None = None) -> EntitlementResult:
+        """The entitlement in force for a user now, from what is stored."""
+        now = now or datetime.now(UTC)
+        by_price, by_code = await self.plans.terms()
+        subs = await self.subscriptions.live_for(user_id)
+        comp = await self.comps.get(user_id)
+        free = by_code.get(PlanCode.FREE.value, PlanTerms("free", self.settings.limit_free))
+        return compute_entitlement(
+            subscriptions=[
+                SubscriptionFacts(
+                    stripe_subscription_id=s.stripe_subscription_id,
+                    status=s.status,
+                    price_id=s.price_id,
+                    current_period_start=s.current_period_start,
+                    current_period_end=s.current_period_end,
+                    cancel_at=s.cancel_at,
+                    cancel_at_period_end=s.cancel_at_period_end,
+                )
+                for s in subs
+            ],
+            comp=CompFacts(comp.plan_code, comp.until) if comp else None,
+            plans_by_price=by_price,
+            plans_by_code=by_code,
+            free=free,
+            grace=timedelta(days=self.settings.past_due_grace_days),
+            now=now,
+        )
+
+    async def refresh_entitlement(self, user_id: uuid.UUID) -> EntitlementResult:
+        """Recompute a user's entitlement and announce it (through the outbox) if it changed."""
+        row = await self.entitlements.lock(user_id)
+        now = datetime.now(UTC)
+        result = await self.compute(user_id, now)
+        previous = (
+            EntitlementResult(
+                plan_code=row.plan_code,
+                monthly_limit=row.monthly_limit,
+                status=row.status,
+                source=row.source,
+                period_start=row.period_start,
+                period_end=row.period_end,
+            )
+            if row.announced_at is not None and row.period_start and row.period_end
+            else None
+        )
+        row.changes_at = result.changes_at
+        row.source = result.source
+        row.stripe_subscription_id = result.stripe_subscription_id
+        row.updated_at = now
+        if previous is not None and previous.announces_same(result):
+            return result
+        row.plan_code = result.plan_code
+        row.monthly_limit = result.monthly_limit
+        row.status = result.status
+        row.period_start = result.period_start
+        row.period_end = result.period_end
+        row.announced_at = now
+        add_event(
+            self.session,
+            SubscriptionUpdated(
+                user_id=user_id,
+                plan_code=PlanCode(result.plan_code),
+                monthly_limit=result.monthly_limit,
+                period_start=result.period_start,
+                period_end=result.period_end,
+                status=result.status,
+            ),
+            producer=PRODUCER,
+            correlation_id=self.correlation_id,
+        )
+        return result
+
+    async def view(self, user_id: uuid.UUID) -> BillingView:
+        """The user's entitlement, subscription, comp and whether Stripe knows them."""
+        result = await self.compute(user_id)
+        subs = await self.subscriptions.live_for(user_id)
+        current = next(
+            (s for s in subs if s.stripe_subscription_id == result.stripe_subscription_id),
+            subs[0] if subs else None,
+        )
+        account = await self.accounts.get(user_id)
+        return BillingView(
+            entitlement=result,
+            subscription=current,
+            comp=await self.comps.get(user_id),
+            has_customer=bool(account and account.stripe_customer_id),
+        )
+
+    async def link_customer(self, user_id: uuid.UUID, customer_id: str) -> bool:
+        """Link a Stripe customer to a user (announcing it); False if it cannot or did not."""
+        if await self.deleted_customers.get(customer_id) is not None:
+            logger.info("not linking %s: the customer was deleted in Stripe", customer_id)
+            return False
+        owner = await self.accounts.user_for_customer(customer_id)
+        if owner is not None:
+            if owner != user_id:
+                logger.warning("customer %s already belongs to another user", customer_id)
+            return False
+        if not await self.accounts.link_customer(user_id, customer_id):
+            return False
+        add_event(
+            self.session,
+            CustomerLinked(user_id=user_id, stripe_customer_id=customer_id),
+            producer=PRODUCER,
+            correlation_id=self.correlation_id,
+        )
+        return True
+
+    async def forget_customer(
+        self, customer_id: str, hint: uuid.UUID | None = None
+    ) -> uuid.UUID | None:
+        """A customer was deleted in Stripe: unlink it for good; the user it belonged to."""
+        user_id = await self.accounts.unlink_customer(customer_id)
+        if user_id is None:
+            tombstone = await self.deleted_customers.get(customer_id)
+            user_id = (tombstone.user_id if tombstone else None) or hint
+        await self.deleted_customers.add(customer_id, user_id)
+        return user_id
+
+    async def owner_of(
+        self,
+        customer_id: str | None,
+        hint: uuid.UUID | None,
+        subscription_id: str | None = None,
+    ) -> uuid.UUID | None:
+        """Who a Stripe object belongs to: by customer, then our metadata, then subscription."""
+        if customer_id:
+            owner = await self.accounts.user_for_customer(customer_id)
+            if owner is not None:
+                return owner
+            tombstone = await self.deleted_customers.get(customer_id)
+            if tombstone is not None and tombstone.user_id is not None:
+                return tombstone.user_id
+        if hint is not None:
+            return hint
+        if subscription_id:
+            return await self.subscriptions.user_for(subscription_id)
+        return None
+
+    async def apply_subscription(
+        self, state: SubscriptionState, version: Version, *, user_id: uuid.UUID | None = None
+    ) -> uuid.UUID | None:
+        """Store a subscription state unless a newer one is stored, then refresh the owner."""
+        owner = user_id or await self.owner_of(
+            state.stripe_customer_id, state.user_hint, state.stripe_subscription_id
+        )
+        if owner is None:
+            logger.warning(
+                "subscription %s belongs to no known user; ignored", state.stripe_subscription_id
+            )
+            return None
+        if state.stripe_customer_id and state.user_hint == owner:
+            await self.link_customer(owner, state.stripe_customer_id)
+        if await self.subscriptions.apply(owner, state, version):
+            await self.refresh_entitlement(owner)
+        return owner
+
+    async def apply_invoice(self, state: InvoiceState, version: Version) -> uuid.UUID | None:
+        """Store an invoice state unless a newer one is stored."""
+        owner = await self.owner_of(
+            state.stripe_customer_id, state.user_hint, state.stripe_subscription_id
+        )
+        if owner is None:
+            logger.warning("invoice %s belongs to no known user; ignored", state.stripe_invoice_id)
+            return None
+        await self.invoices.apply(owner, state, version)
+        return owner
+
+    async def grant_comp(
+        self, user_id: uuid.UUID, plan_code: str, until: datetime | None, by: uuid.UUID
+    ) -> EntitlementResult:
+        """Grant a plan without Stripe and announce the resulting entitlement."""
+        await self.comps.grant(user_id, plan_code, until, by)
+        return await self.refresh_entitlement(user_id)
+
+    async def revoke_comp(self, user_id: uuid.UUID) -> EntitlementResult:
+        """Take a comp back and announce the resulting entitlement."""
+        await self.comps.revoke(user_id)
+        return await self.refresh_entitlement(user_id)
+
+
+async def refresh_due_entitlements(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: BillingSettings, *, batch: int = 100
+) -> int:
+    """Re-announce entitlements that time alone changed (a comp or grace ended, a month began)."""
+    async with unit_of_work(sessionmaker) as session:
+        billing = BillingService(session, settings)
+        due = await billing.entitlements.due(datetime.now(UTC), batch)
+        for user_id in due:
+            await billing.refresh_entitlement(user_id)
+    return len(due)
