@@ -149,6 +149,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated:
             return await _dependency_down(_, exc)
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or getattr(exc.orig, "pgcode", "") or "")
+        if sqlstate.startswith("22"):
+            # Class 22 is "data exception": a value PostgreSQL cannot store (a NUL character,
+            # a number or date out of range). That is the caller's input, not our failure.
+            return JSONResponse(
+                error_body(
+                    "invalid_value",
+                    "The request contains a value that cannot be stored "
+                    "(for example a NUL character, or a number or date out of range).",
+                ),
+                status_code=422,
+            )
         logger.exception("database error")
         return JSONResponse(
             error_body("internal_error", "Something went wrong on our side."), status_code=500

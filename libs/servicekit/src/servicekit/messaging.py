@@ -113,6 +113,15 @@ def outbox_publisher(broker: RabbitBroker) -> Callable[[OutboxMessage], Awaitabl
     return publish
 
 
+async def _raw_body(msg: Any) -> bytes:
+    """Hand the handler raw bytes: parsing (and parking what will not parse) is ours to do.
+
+    FastStream would otherwise decode by content type before the handler runs, and a body that
+    is not valid text would fail there, out of reach of the dead-letter logic.
+    """
+    return bytes(msg.body)
+
+
 class Consumer(Generic[E]):
     """Subscribes a handler to a queue with parsing, bounded retries and dead-lettering."""
 
@@ -130,7 +139,9 @@ class Consumer(Generic[E]):
         self.event_types = event_types
         self.handler = handler
         self.on_give_up = on_give_up
-        broker.subscriber(main_queue(spec), ack_policy=AckPolicy.MANUAL)(self._consume)
+        broker.subscriber(main_queue(spec), ack_policy=AckPolicy.MANUAL, decoder=_raw_body)(
+            self._consume
+        )
 
     async def _consume(self, msg: RabbitMessage) -> None:
         headers: dict[str, Any] = dict(msg.headers or {})

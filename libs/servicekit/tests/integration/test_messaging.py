@@ -250,3 +250,38 @@ class TestOutboxAndInbox:
 
         assert await apply_once(sessionmaker, "test-consumer", envelope, effect) is True
         assert applied == [1]
+
+
+class TestGarbage:
+    """Bytes that are not even text are parked, whatever content type they claim."""
+
+    @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain"])
+    async def test_undecodable_bytes_are_parked(
+        self, infra: InfraUrls, amqp: aio_pika.abc.AbstractChannel, content_type: str | None
+    ) -> None:
+        spec = _spec()
+        handled: list[uuid.UUID] = []
+
+        async def handler(envelope: Envelope[ImageQueued]) -> None:
+            handled.append(envelope.event_id)
+
+        broker = create_broker(infra.amqp_url)
+        Consumer(broker, spec, {"image.queued": ImageQueued}, handler)
+        try:
+            await broker.connect()
+            await declare_topology(broker, (spec,))
+            await broker.start()
+            channel = amqp
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"not json at all \xff\xfe", content_type=content_type),
+                routing_key=spec.name,
+            )
+            good = Envelope.wrap(_event(), producer="test")
+            await _publish_raw(infra, spec, good.model_dump_json().encode())
+            await wait_for(lambda: handled == [good.event_id], within=10)
+            parked = await wait_for(lambda: _drain(amqp, spec.dead_letter), within=10)
+        finally:
+            await broker.stop()
+            await _delete(amqp, spec)
+        assert parked[0].body == b"not json at all \xff\xfe"
+        assert parked[0].headers["x-death-reason"].startswith("malformed")

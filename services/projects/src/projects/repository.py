@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
@@ -27,8 +27,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor.encode()).decode()
         created, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError) as exc:
+        moment = datetime.fromisoformat(created)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time without a time zone")
+        # Normalising here surfaces out-of-range times (year 1 at +14:00) as a 400, not later.
+        return moment.astimezone(UTC), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.enums import ImageStatus, RoomType, Style
+from servicekit.text import FileName, Name, ObjectKey
 
 T = TypeVar("T")
 
-ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+ProjectName = Name
 
 
 class Page(BaseModel, Generic[T]):
@@ -64,7 +65,7 @@ class PresignRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    filename: FileName
     content_type: Literal["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"]
     size: int = Field(gt=0, description="Size of the file in bytes")
 
@@ -85,11 +86,11 @@ class ImageCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    key: ObjectKey
     room_type: RoomType
     style: Style
     seed: int | None = Field(default=None, ge=0, le=4_294_967_295)
-    filename: Annotated[str, StringConstraints(max_length=255)] | None = None
+    filename: FileName | None = None
 
 
 class ImageBatchCreate(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from typing import Any
 
@@ -418,3 +419,44 @@ class TestRestageAndSummary:
         await engine.dispose()
         assert event.payload["data"]["image_ids"] == [image["id"]]
         assert event.payload["data"]["keys"] == [key]
+
+
+class TestHostileText:
+    """Text PostgreSQL cannot store, or that would break file names, is a 4xx."""
+
+    @pytest.mark.parametrize(
+        "name",
+        ["nul\u0000byte", "bell\u0007", "x" * 101, "   "],
+        ids=["nul", "bell", "long", "blank"],
+    )
+    async def test_bad_project_names_are_422(
+        self, client: httpx.AsyncClient, owner: Any, name: str
+    ) -> None:
+        resp = await client.post("/v1/projects", json={"name": name}, headers=owner.headers)
+        assert resp.status_code == 422
+        assert resp.json()["error"] == "validation_failed"
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "‮gnp.exe",
+            "zero\u200bwidth",
+            "🏠 Loft",
+            "<script>alert(1)</script>",
+            "'; DROP TABLE projects;--",
+        ],
+    )
+    async def test_odd_but_printable_names_are_stored_verbatim(
+        self, client: httpx.AsyncClient, owner: Any, name: str
+    ) -> None:
+        resp = await client.post("/v1/projects", json={"name": name}, headers=owner.headers)
+        assert resp.status_code == 201
+        got = await client.get(f"/v1/projects/{resp.json()['id']}", headers=owner.headers)
+        assert got.json()["name"] == name
+
+    async def test_out_of_range_cursor_is_400(self, client: httpx.AsyncClient, owner: Any) -> None:
+        cursor = base64.urlsafe_b64encode(
+            f"0001-01-01T00:00:00+14:00|{uuid.uuid4()}".encode()
+        ).decode()
+        resp = await client.get(f"/v1/projects?cursor={cursor}", headers=owner.headers)
+        assert resp.status_code == 400
