@@ -97,6 +97,9 @@ def service_env(
         env["GATEWAY_STAGING_URL"] = service_url("staging", ports)
         env["GATEWAY_DEV_KEY_PATH"] = str(Path(state_dir) / "dev-issuer-key.pem")
         env["GATEWAY_PUBLIC_URL"] = service_url("gateway", ports)
+    if name == "billing":
+        # Stripe sends people back to the web app, which the gateway serves.
+        env["BILLING_APP_URL"] = service_url("gateway", ports)
     if extra:
         env.update(extra)
     return env
