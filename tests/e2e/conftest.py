@@ -12,6 +12,14 @@ import pytest
 from devstack.services import SERVICES, Stack
 from servicekit.testing import InfraUrls
 
+E2E_WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
+E2E_BILLING_ENV = {
+    "BILLING_STRIPE_WEBHOOK_SECRET": E2E_WEBHOOK_SECRET,
+    "BILLING_PRICE_PRO": "price_e2e_pro",
+    "BILLING_PRICE_BUSINESS": "price_e2e_business",
+}
+"""Stripe webhooks are accepted (signed with this secret); no API key, so checkout is 503."""
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -37,6 +45,7 @@ def stack(infra: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         db_prefix=f"rs_e2e_{uuid.uuid4().hex[:8]}",
         drop_databases_on_exit=True,
         state_dir=tmp_path_factory.mktemp("stack"),
+        extra_env=E2E_BILLING_ENV,
         timeout=120,
     )
     try:
