@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 import uuid
+import zipfile
 
 import asyncpg
 import httpx
@@ -114,6 +115,12 @@ class TestPhotoJourney:
             assert link.status_code == 200, link.text
             assert link.json()["filename"] == "living-room-staged.jpg"
             staged_bytes = httpx.get(link.json()["url"]).content
+
+            archive = client.get(f"/v1/projects/{project_id}/download.zip", headers=alice)
+            assert archive.status_code == 200, archive.text
+            with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
+                assert bundle.namelist() == ["living-room-staged.jpg"]
+                assert bundle.read("living-room-staged.jpg") == staged_bytes
 
         staged = Image.open(io.BytesIO(staged_bytes))
         assert staged.format == "JPEG"
