@@ -115,6 +115,7 @@ comment keeps idle connections open."""
     "/events",
     tags=["events"],
     response_class=EventStreamResponse,
+    status_code=200,
     description=STREAM_DESCRIPTION,
     responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream."}},
 )
@@ -137,6 +138,7 @@ async def events(
         stream.events(),
         send_timeout=settings.sse_send_timeout_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        on_close=stream.close,
     )
 
 

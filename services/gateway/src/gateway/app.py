@@ -2,16 +2,82 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
 from fastapi import FastAPI
+from faststream.rabbit import RabbitQueue
 from starlette.middleware.cors import CORSMiddleware
 
 from contracts.identity import REQUEST_ID_HEADER
 from gateway.api import dev_router, proxy_router, router
-from gateway.consumers import register_consumers
+from gateway.consumers import bind_live_updates, register_consumers
 from gateway.deps import GatewayClients
+from gateway.live import close_on_signals
+from gateway.openapi import PublicOpenApi
+from gateway.proxy import is_forwarded, is_public
+from gateway.repository import ImageEventRepository, RateLimitRepository, StreamTicketRepository
 from gateway.settings import GatewaySettings
-from servicekit.runtime import create_service_app
+from servicekit.db import unit_of_work
+from servicekit.runtime import Runtime, create_service_app
 from servicekit.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    """What the gateway starts and stops beside servicekit's runtime."""
+
+    def __init__(self, clients: GatewayClients) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.openapi: PublicOpenApi | None = None
+        self._queue: RabbitQueue | None = None
+        self._undo_signals: Callable[[], None] = lambda: None
+
+    def register(self, runtime: Runtime) -> None:
+        """Subscribe the consumers (before the broker starts)."""
+        self._queue = register_consumers(runtime, self.clients.live)
+
+    async def start(self, runtime: Runtime) -> None:
+        """Open clients, then run the background work of this replica."""
+        await self.clients.start()
+        if self._queue is not None:
+            runtime.spawn(bind_live_updates(runtime, self.clients.live, self._queue), "sse-bind")
+        runtime.spawn(self._maintain(runtime), "maintenance")
+        if self.openapi is not None:
+            runtime.spawn(self.openapi.run(), "openapi-refresh")
+        self._undo_signals = close_on_signals(self.clients.live)
+
+    async def stop(self, _: Runtime) -> None:
+        """End live streams and close clients."""
+        self.clients.live.close()
+        self._undo_signals()
+        await self.clients.stop()
+
+    async def _maintain(self, runtime: Runtime) -> None:
+        """Prune old image events, spent rate-limit windows and expired tickets."""
+        s = self.settings
+        while True:
+            now = datetime.now(UTC)
+            try:
+                async with unit_of_work(runtime.sessionmaker) as session:
+                    events = await ImageEventRepository(session).prune(
+                        now - timedelta(hours=s.image_events_retention_hours)
+                    )
+                    windows = await RateLimitRepository(session).prune(
+                        now - timedelta(seconds=2 * s.rate_limit_window_seconds)
+                    )
+                    used = await StreamTicketRepository(session).prune(now - timedelta(minutes=1))
+                if events or windows or used:
+                    logger.info(
+                        "pruned %d image events, %d rate windows, %d tickets", events, windows, used
+                    )
+            except Exception as exc:
+                logger.warning("pruning failed: %s", type(exc).__name__)
+            await asyncio.sleep(s.maintenance_interval_seconds)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -21,21 +87,35 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if not isinstance(settings, GatewaySettings):
         raise TypeError("the gateway needs GatewaySettings")
     clients = GatewayClients(settings)
+    lifecycle = Lifecycle(clients)
     routers = [router]
     if settings.dev_mode:
         routers.append(dev_router)
     # Last: the catch-all prefixes must not shadow the gateway's own `/v1/...` endpoints.
     routers.append(proxy_router())
+
+    async def live_ready(_: Runtime) -> None:
+        if not clients.live.ready.is_set():
+            raise ConnectionError("live updates are not bound yet")
+
     app = create_service_app(
         settings,
         title="Real Staging API",
         routers=routers,
-        register_consumers=register_consumers,
-        on_startup=[clients.start],
-        on_shutdown=[clients.stop],
+        register_consumers=lifecycle.register,
+        on_startup=[lifecycle.start],
+        on_shutdown=[lifecycle.stop],
+        extra_checks=[("live_updates", live_ready)],
         internal=False,
     )
     app.state.gateway = clients
+    app.state.lifecycle = lifecycle
+    public_openapi = PublicOpenApi(
+        app, settings, clients.forwarder, forwarded=is_forwarded, public=is_public
+    )
+    lifecycle.openapi = public_openapi
+    app.state.public_openapi = public_openapi
+    app.openapi = public_openapi.schema  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -224,17 +224,20 @@ class EventStream:
                     async for chunk in self._catch_up():
                         yield chunk
         finally:
-            self.hub.unsubscribe(self.sub)
+            self.close()
+
+    def close(self) -> None:
+        """Leave the fan-out (idempotent)."""
+        self.hub.unsubscribe(self.sub)
 
     async def _start(self) -> str | None:
         """A snapshot for a new stream; nothing for a resumed one."""
         async with unit_of_work(self.sessionmaker) as session:
             repo = ImageEventRepository(session)
-            if self.last_event_id is not None:
-                # An id from the future (the table was reset) cannot be resumed from.
-                if self.last_event_id <= await repo.last_id():
-                    self.cursor = self.last_event_id
-                    return None
+            # An id from the future (the table was reset) cannot be resumed from.
+            if self.last_event_id is not None and self.last_event_id <= await repo.last_id():
+                self.cursor = self.last_event_id
+                return None
             self.cursor = await repo.last_id(self.user_id)
             since = datetime.now(UTC) - timedelta(hours=self.settings.image_events_retention_hours)
             images = await repo.unfinished(self.user_id, up_to=self.cursor, since=since)
@@ -263,10 +266,16 @@ class EventStreamResponse(StreamingResponse):
     """A `text/event-stream` that stops as soon as the client goes or stops reading."""
 
     def __init__(
-        self, content: AsyncIterator[str], *, send_timeout: float, headers: dict[str, str]
+        self,
+        content: AsyncIterator[str],
+        *,
+        send_timeout: float,
+        headers: dict[str, str],
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self.send_timeout = send_timeout
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream until the content ends, the client disconnects, or a send stalls."""
@@ -280,6 +289,9 @@ class EventStreamResponse(StreamingResponse):
             await asyncio.gather(stream, gone, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            if self.on_close is not None:
+                # A generator that never started has no `finally` to run.
+                self.on_close()
         if not stream.cancelled() and (exc := stream.exception()) is not None:
             logger.warning("live stream ended with %s", type(exc).__name__)
 

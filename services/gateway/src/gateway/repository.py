@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.models import ImageEvent, RateLimit, StreamTicket, User
@@ -162,7 +162,7 @@ class ImageEventRepository:
         """Payloads of the user's images whose latest status (up to id `up_to`) is unfinished."""
         latest = (
             select(ImageEvent.id, ImageEvent.status, ImageEvent.payload)
-            .distinct(ImageEvent.image_id)
+            .ext(distinct_on(ImageEvent.image_id))
             .where(
                 ImageEvent.user_id == user_id,
                 ImageEvent.id <= up_to,
