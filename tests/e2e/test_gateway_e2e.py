@@ -130,12 +130,12 @@ class TestLiveUpdates:
                 _, image_id = await new_image(client, alice, request_id)
                 await wait_for(lambda: settled(live, image_id), within=JOURNEY_SECONDS)
             journey = live.statuses(image_id)
-            assert [status for _, _, status in journey] == ["processing", "ready"]
+            assert [status for _, _, status in journey] == ["queued", "processing", "ready"]
             assert live.statuses() == journey
 
             # Reconnect after the journey from each point: exactly what came after it.
             async with stream(gateway, alice, last_event_id=snapshot["id"]) as replay:
-                await wait_for(lambda: len(replay.statuses()) >= 2)
+                await wait_for(lambda: len(replay.statuses()) >= len(journey))
             assert replay.statuses() == journey
             async with stream(gateway, alice, last_event_id=journey[0][0]) as rest:
                 await wait_for(lambda: rest.statuses())

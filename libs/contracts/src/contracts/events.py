@@ -133,6 +133,7 @@ class SubscriptionUpdated(Event):
 
 
 IMAGE_STATUS_EVENTS: dict[str, ImageStatus] = {
+    ImageQueued.routing_key: ImageStatus.QUEUED,
     ImageProcessing.routing_key: ImageStatus.PROCESSING,
     ImageReady.routing_key: ImageStatus.READY,
     ImageFailed.routing_key: ImageStatus.ERROR,

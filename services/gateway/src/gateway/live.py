@@ -33,6 +33,7 @@ from contracts.events import (
     Event,
     ImageFailed,
     ImageProcessing,
+    ImageQueued,
     ImageReady,
 )
 from gateway.repository import ImageEventRepository
@@ -128,6 +129,7 @@ class LiveHub:
 
 
 STATUS_EVENT_TYPES: dict[str, type[Event]] = {
+    ImageQueued.routing_key: ImageQueued,
     ImageProcessing.routing_key: ImageProcessing,
     ImageReady.routing_key: ImageReady,
     ImageFailed.routing_key: ImageFailed,

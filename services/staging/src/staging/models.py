@@ -14,7 +14,7 @@ from contracts.enums import JobStatus
 from servicekit.db import Base
 from servicekit.outbox import InboxMessage, OutboxMessage
 
-__all__ = ["Base", "Cancellation", "InboxMessage", "Job", "OutboxMessage"]
+__all__ = ["Base", "Cancellation", "InboxMessage", "Job", "OutboxMessage", "Setting"]
 
 JOB_TYPE = "stage:run"
 
@@ -66,3 +66,14 @@ class Cancellation(Base):
     cancelled_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class Setting(Base):
+    """A run-time setting an admin changed, shared by every replica (e.g. the active backend)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

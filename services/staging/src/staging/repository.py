@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from staging.models import JOB_TYPE, Cancellation, Job
+from staging.models import JOB_TYPE, Cancellation, Job, Setting
 
 
 class JobRepository:
@@ -75,3 +76,45 @@ class JobRepository:
         if status:
             stmt = stmt.where(Job.status == status)
         return (await self.session.scalars(stmt)).all()
+
+    async def renew_lease(self, job_id: uuid.UUID, run: int, until: datetime) -> bool:
+        """Extend the lease of the run that holds the job; False if another run took it."""
+        result = await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.runs == run, Job.status == "processing")
+            .values(lease_until=until, updated_at=func.now())
+            .returning(Job.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def record_prediction(self, job_id: uuid.UUID, run: int, prediction_id: str) -> bool:
+        """Remember the job's paid remote call; False if this run no longer holds the job."""
+        result = await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.runs == run, Job.status == "processing")
+            .values(prediction_id=prediction_id, updated_at=func.now())
+            .returning(Job.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+
+class SettingRepository:
+    """Run-time settings."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """A setting's value, if an admin ever set it."""
+        row = await self.session.get(Setting, key, populate_existing=True)
+        return row.value if row is not None else None
+
+    async def put(self, key: str, value: dict[str, Any], by: uuid.UUID | None) -> None:
+        """Set a setting, whoever set it before."""
+        stmt = insert(Setting).values(key=key, value=value, updated_by=by)
+        await self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Setting.key],
+                set_={"value": stmt.excluded.value, "updated_by": by, "updated_at": func.now()},
+            )
+        )

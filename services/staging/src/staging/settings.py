@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import S3Settings, ServiceSettings
+
+BackendName = Literal["local", "replicate", "openai"]
+ReplicateModel = Literal["qwen/qwen-image-edit", "black-forest-labs/flux-kontext-max"]
+
+TOKEN_SETTINGS: dict[str, str] = {
+    "replicate": "STAGING_REPLICATE_API_TOKEN",
+    "openai": "STAGING_OPENAI_API_KEY",
+}
+"""The variable each remote backend needs."""
 
 
 class StagingSettings(ServiceSettings, S3Settings):
@@ -17,12 +27,53 @@ class StagingSettings(ServiceSettings, S3Settings):
     service_name: ClassVar[str] = "staging"
 
     port: int = 8002
-    backend: Literal["local"] = "local"
+    backend: BackendName = "local"
+    backend_cache_seconds: float = 5.0
     consumer_prefetch: int = 4
-    job_lease_seconds: int = 900
+    job_lease_seconds: float = 60.0
+    shutdown_grace_seconds: float = 20.0
     max_input_bytes: int = 60 * 1024 * 1024
     max_input_pixels: int = 50_000_000
     max_output_side: int = 2048
     jpeg_quality: int = 90
     disclosure_mark: bool = True
     disclosure_text: str = "Virtually staged"
+
+    remote_input_max_side: int = 1536
+    remote_input_max_bytes: int = 4 * 1024 * 1024
+    remote_output_max_bytes: int = 40 * 1024 * 1024
+    remote_request_timeout_seconds: float = 30.0
+    remote_max_retry_after_seconds: float = 30.0
+
+    replicate_api_base: str = "https://api.replicate.com"
+    replicate_api_token: SecretStr | None = None
+    replicate_model: ReplicateModel = "black-forest-labs/flux-kontext-max"
+    replicate_poll_initial_seconds: float = 1.0
+    replicate_poll_max_seconds: float = 5.0
+    replicate_timeout_seconds: float = 300.0
+
+    openai_api_base: str = "https://api.openai.com"
+    openai_api_key: SecretStr | None = None
+    openai_model: Literal["gpt-image-1"] = "gpt-image-1"
+    openai_quality: Literal["low", "medium", "high"] = "medium"
+    openai_timeout_seconds: float = 180.0
+
+    def has_token(self, backend: str) -> bool:
+        """Whether the credentials a backend needs are configured."""
+        token = {"replicate": self.replicate_api_token, "openai": self.openai_api_key}.get(backend)
+        if backend not in TOKEN_SETTINGS:
+            return True
+        return token is not None and bool(token.get_secret_value().strip())
+
+    @model_validator(mode="after")
+    def _chosen_backend_has_its_token(self) -> StagingSettings:
+        if not self.has_token(self.backend):
+            raise ValueError(
+                f"STAGING_BACKEND={self.backend} needs {TOKEN_SETTINGS[self.backend]}; set it, "
+                "or choose STAGING_BACKEND=local"
+            )
+        if self.replicate_poll_initial_seconds <= 0 or self.replicate_poll_max_seconds <= 0:
+            raise ValueError("replicate poll intervals must be positive")
+        if self.job_lease_seconds < 3:
+            raise ValueError("job_lease_seconds must be at least 3 seconds")
+        return self

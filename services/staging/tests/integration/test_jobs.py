@@ -18,7 +18,7 @@ from servicekit.outbox import OutboxMessage
 from servicekit.runtime import Runtime
 from servicekit.storage import Storage
 from servicekit.testing import TEST_INTERNAL_SECRET, InfraUrls
-from staging.backends.base import StageRequest, StageResult
+from staging.backends.base import NO_OP_SUBMITTED, OnSubmitted, StageRequest, StageResult
 from staging.backends.offline import LocalBackend
 from staging.models import Job
 from staging.service import JobRunner
@@ -36,11 +36,22 @@ class CountingBackend:
         self.calls = 0
         self.inner = LocalBackend()
 
-    async def stage(self, request: StageRequest) -> StageResult:
+    models = LocalBackend.models
+
+    async def stage(
+        self,
+        request: StageRequest,
+        *,
+        resume_id: str | None = None,
+        on_submitted: OnSubmitted = NO_OP_SUBMITTED,
+    ) -> StageResult:
         """Count, then stage."""
         self.calls += 1
         await asyncio.sleep(0.2)  # hold the job long enough for duplicates to overlap
         return await self.inner.stage(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 @pytest.fixture

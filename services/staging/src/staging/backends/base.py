@@ -1,23 +1,29 @@
-"""The interface every staging backend implements."""
+"""The interface every staging backend implements, and the errors it may raise."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
 from contracts.enums import RoomType, Style
+from servicekit.messaging import PermanentError
+
+OnSubmitted = Callable[[str], Awaitable[None]]
+"""Called with a remote prediction id once it exists; returns after the id is durable."""
 
 
 @dataclass(frozen=True)
 class StageRequest:
-    """What to stage: the upright RGB photo, the room type, the style and a seed."""
+    """What to stage: the upright RGB photo, the room type, the style, a seed and the model."""
 
     photo: Image.Image
     room_type: RoomType
     style: Style
     seed: int
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,11 +36,54 @@ class StageResult:
     prediction_id: str | None = None
 
 
+class TransientBackendError(Exception):
+    """A failure a later run may fix; the consumer retries the message with growing delay.
+
+    `resumable` says whether the next run may resume the same remote prediction; False when the
+    prediction is finished without a usable result (failed, cancelled), so resuming is pointless.
+    """
+
+    def __init__(self, message: str, *, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
+
+
+class BackendRefused(PermanentError):
+    """The backend refused this photo or request for good; the message is written for a person."""
+
+
+class LeaseLost(TransientBackendError):
+    """Another worker took the job over; this run must stop without reporting anything."""
+
+
+async def _no_op(_: str) -> None:
+    return None
+
+
+NO_OP_SUBMITTED: OnSubmitted = _no_op
+
+
 class StagingBackend(Protocol):
-    """Turns a photo of an empty room into a furnished one."""
+    """Turns a photo of an empty room into a furnished one.
+
+    A backend that pays per call and gets an id back (Replicate) reports that id through
+    `on_submitted` before it waits, and resumes `resume_id` instead of paying again when the
+    job runs a second time.
+    """
 
     name: str
+    models: tuple[str, ...]
 
-    async def stage(self, request: StageRequest) -> StageResult:
+    async def stage(
+        self,
+        request: StageRequest,
+        *,
+        resume_id: str | None = None,
+        on_submitted: OnSubmitted = NO_OP_SUBMITTED,
+    ) -> StageResult:
         """Stage one photo."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
         ...
