@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck contact-sheet
+.PHONY: help up test lint format typecheck contact-sheet chaos bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -21,3 +21,9 @@ typecheck: ## Type-check libs and services with mypy (strict)
 
 contact-sheet: ## Render the staging contact sheet to docs/images/contact-sheet.jpg
 	uv run python -m staging.contact_sheet --out docs/images/contact-sheet.jpg
+
+chaos: ## Kill services and cut the broker while 200 photos are staged; check every guarantee
+	uv run python -m tests.chaos.run
+
+bench: ## Time 50 photos from creation to staged through a stack of its own
+	uv run python bench/stage_throughput.py

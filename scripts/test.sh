@@ -14,6 +14,13 @@ fi
 
 uv sync --locked
 
+# The web app's browser tests drive Debian's headless Chromium (Playwright cannot download one).
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the browser tests" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+fi
+
 # An assignment, not `eval "$(...)"` directly: eval would swallow a failing `devstack infra`.
 exports="$(uv run --locked python -m devstack infra)"
 eval "$exports"

@@ -6,8 +6,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from faststream.rabbit import RabbitQueue
 from starlette.middleware.cors import CORSMiddleware
 
@@ -80,6 +83,29 @@ class Lifecycle:
             await asyncio.sleep(s.maintenance_interval_seconds)
 
 
+WEBAPP = resources.files("gateway") / "webapp"
+WEBAPP_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob: http: https:; "
+        "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def mount_webapp(app: FastAPI) -> None:
+    """Serve the web app: its assets under /app, its page at / (and /billing, Stripe's return)."""
+    app.mount("/app", StaticFiles(directory=str(WEBAPP)), name="webapp")
+
+    async def page() -> FileResponse:
+        return FileResponse(str(WEBAPP / "index.html"), headers=WEBAPP_HEADERS)
+
+    for path in ("/", "/billing"):
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the gateway; nothing connects until the lifespan starts."""
     if settings is None:
@@ -108,6 +134,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         extra_checks=[("live_updates", live_ready)],
         internal=False,
     )
+    mount_webapp(app)
     app.state.gateway = clients
     app.state.lifecycle = lifecycle
     public_openapi = PublicOpenApi(

@@ -47,6 +47,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function template(id) {
+  delete view.dataset.ready;
   view.replaceChildren(document.getElementById(id).content.cloneNode(true));
 }
 
@@ -156,6 +157,7 @@ async function showProject(projectId) {
     location.hash = "#/";
   });
 
+  setupUpload(projectId, renderTile, error);
   const images = await api(`/v1/projects/${projectId}/images?limit=100`);
   for (const image of images.items) renderTile(image);
 
@@ -169,13 +171,13 @@ async function showProject(projectId) {
     const compare = el("div", { class: "compare" });
     const status = el("span", { class: `status ${image.status}` }, image.status);
     const tools = el("div", { class: "tools" });
-    tile.replaceChildren(
+    const parts = [
       compare,
       el("div", { class: "meta" }, status,
         el("span", { class: "muted" }, `${label(catalog.room_types, image.room_type)} · ${label(catalog.styles, image.style)}`)),
-      image.error ? el("p", { class: "reason" }, image.error) : null,
-      tools,
-    );
+    ];
+    if (image.error) parts.push(el("p", { class: "reason" }, image.error));
+    tile.replaceChildren(...parts, tools);
     fillCompare(compare, image);
     if (image.has_staged) {
       tools.append(el("button", { class: "link", onclick: () => download(image.id, "staged") }, "Download"));
@@ -223,10 +225,10 @@ async function showProject(projectId) {
     tiles.delete(image.id);
   }
 
-  setupUpload(projectId, renderTile, error);
   openStream((change) => {
     if (tiles.has(change.image_id)) refreshImage(change.image_id);
   });
+  view.dataset.ready = "project";
 }
 
 function setupUpload(projectId, renderTile, error) {
@@ -270,21 +272,27 @@ function setupUpload(projectId, renderTile, error) {
   });
 }
 
+// Photos go through the gateway (same origin, so no storage CORS setup is needed); API
+// clients that prefer direct uploads use /v1/uploads/presign instead.
 async function uploadFile(file, row) {
-  const type = file.type || (file.name.toLowerCase().match(/\.hei[cf]$/) ? "image/heic" : "");
-  const upload = await api("/v1/uploads/presign", {
-    method: "POST", json: { filename: file.name, content_type: type, size: file.size },
-  });
-  await new Promise((resolve, reject) => {
+  const body = new FormData();
+  body.append("file", file, file.name);
+  const result = await new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("PUT", upload.upload_url);
-    for (const [name, value] of Object.entries(upload.headers)) xhr.setRequestHeader(name, value);
-    xhr.upload.onprogress = (e) => { if (row && e.lengthComputable) row.textContent = `${file.name} · ${Math.round((100 * e.loaded) / e.total)}%`; };
-    xhr.onload = () => (xhr.status < 300 ? resolve() : reject(new Error(`Upload of ${file.name} failed (${xhr.status})`)));
+    xhr.open("POST", "/v1/uploads");
+    xhr.setRequestHeader("Authorization", `Bearer ${state.token}`);
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (e) => {
+      if (row && e.lengthComputable) row.textContent = `${file.name} · ${Math.round((100 * e.loaded) / e.total)}%`;
+    };
+    xhr.onload = () => (xhr.status < 300
+      ? resolve(xhr.response)
+      : reject(new ApiError(xhr.status, xhr.response || { message: `Upload of ${file.name} failed (${xhr.status})` })));
     xhr.onerror = () => reject(new Error(`Upload of ${file.name} failed`));
-    xhr.send(file);
+    xhr.send(body);
   });
-  return upload.key;
+  if (row) row.textContent = `${file.name} · uploaded`;
+  return result.key;
 }
 
 async function download(imageId, kind) {
