@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
+import aio_pika.exceptions
 import asyncpg
 import pytest
 from alembic import command
@@ -26,6 +28,7 @@ from fastapi import FastAPI
 
 from contracts.enums import Role
 from contracts.identity import HEADER, Identity
+from contracts.topology import ALL_QUEUES
 from servicekit.cli import alembic_config
 from servicekit.identity import sign_identity
 
@@ -117,6 +120,39 @@ def infra() -> Iterator[InfraUrls]:
                 "TEST_S3_ENDPOINT (`make test` does), or run a Docker engine for testcontainers."
             )
         yield urls
+
+
+async def purge_topology(amqp_url: str) -> None:
+    """Empty every queue of the topology (and its retry and dead-letter queues)."""
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        for spec in ALL_QUEUES:
+            names = [spec.name, spec.dead_letter]
+            names += [spec.retry_queue(i + 1) for i in range(len(spec.retry_delays_ms))]
+            for name in names:
+                # A channel per queue: a missing queue closes the channel it was asked on.
+                channel = await connection.channel()
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                    await queue.purge()
+                except aio_pika.exceptions.ChannelClosed:
+                    pass
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_queues(request: pytest.FixtureRequest) -> None:
+    """Start every test that uses the broker with empty queues.
+
+    Queue names are fixed by the topology, so events an earlier test left behind (an outbox
+    relayed after its assertions, a parked message) would otherwise reach the next test's
+    consumers.
+    """
+    if "infra" in request.fixturenames:
+        infra: InfraUrls = request.getfixturevalue("infra")
+        asyncio.run(purge_topology(infra.amqp_url))
 
 
 def _admin_dsn(pg_base_url: str) -> str:
