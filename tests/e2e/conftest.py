@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.services import SERVICES, Stack
-from servicekit.testing import InfraUrls
+from servicekit.testing import InfraUrls, private_vhost
 
 E2E_WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 E2E_BILLING_ENV = {
@@ -30,27 +31,38 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def stack(infra: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """All four services running as separate processes against real infrastructure."""
-    # The stack uses the test run's infrastructure rather than starting its own.
-    pinned = {
-        "DEVSTACK_PG_URL": infra.pg_base_url,
-        "DEVSTACK_AMQP_URL": infra.amqp_url,
-        "DEVSTACK_S3_ENDPOINT": infra.s3_endpoint,
-        "DEVSTACK_S3_ACCESS_KEY": infra.s3_access_key,
-        "DEVSTACK_S3_SECRET_KEY": infra.s3_secret_key,
-    }
-    saved = {key: os.environ.get(key) for key in pinned}
-    os.environ.update(pinned)
-    running = Stack(
-        ports={name: _free_port() for name in SERVICES},
-        db_prefix=f"rs_e2e_{uuid.uuid4().hex[:8]}",
-        drop_databases_on_exit=True,
-        state_dir=tmp_path_factory.mktemp("stack"),
-        extra_env=E2E_BILLING_ENV,
-        timeout=120,
-    )
-    try:
+    # The stack uses the test run's infrastructure rather than starting its own, with a
+    # RabbitMQ vhost of its own so its workers never take the other tests' messages.
+    with (
+        private_vhost(infra.amqp_url) as amqp_url,
+        _environment(
+            {
+                "DEVSTACK_PG_URL": infra.pg_base_url,
+                "DEVSTACK_AMQP_URL": amqp_url,
+                "DEVSTACK_S3_ENDPOINT": infra.s3_endpoint,
+                "DEVSTACK_S3_ACCESS_KEY": infra.s3_access_key,
+                "DEVSTACK_S3_SECRET_KEY": infra.s3_secret_key,
+            }
+        ),
+    ):
+        running = Stack(
+            ports={name: _free_port() for name in SERVICES},
+            db_prefix=f"rs_e2e_{uuid.uuid4().hex[:8]}",
+            drop_databases_on_exit=True,
+            state_dir=tmp_path_factory.mktemp("stack"),
+            extra_env=E2E_BILLING_ENV,
+            timeout=120,
+        )
         with running:
             yield running
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -152,7 +153,9 @@ def _fresh_queues(request: pytest.FixtureRequest) -> None:
     """
     if "infra" in request.fixturenames:
         infra: InfraUrls = request.getfixturevalue("infra")
-        asyncio.run(purge_topology(infra.amqp_url))
+        # In a thread of its own: some tests (a browser driver) keep a loop running here.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, purge_topology(infra.amqp_url)).result()
 
 
 def _admin_dsn(pg_base_url: str) -> str:

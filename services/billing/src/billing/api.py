@@ -17,7 +17,7 @@ from billing.deps import (
 )
 from billing.entitlements import EntitlementResult
 from billing.errors import WebhookFailed
-from billing.repository import PlanRepository, encode_cursor
+from billing.repository import PlanRepository
 from billing.schemas import (
     BillingOut,
     CheckoutRequest,
@@ -39,6 +39,7 @@ from servicekit.db import unit_of_work
 from servicekit.errors import NotFound, ServiceError
 from servicekit.identity import AdminIdentity, CurrentIdentity
 from servicekit.logs import request_id_var
+from servicekit.pagination import encode_cursor
 from servicekit.runtime import RuntimeDep, SessionDep
 
 logger = logging.getLogger(__name__)

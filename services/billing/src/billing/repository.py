@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, delete, func, literal, or_, select, tuple_, update
@@ -30,26 +29,7 @@ from billing.stripe_objects import (
     SubscriptionState,
     Version,
 )
-from servicekit.errors import ServiceError
-
-
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    """An opaque cursor for keyset pagination."""
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a cursor made by `encode_cursor`; 400 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-        created, row_id = raw.split("|", 1)
-        moment = datetime.fromisoformat(created)
-        if moment.tzinfo is None:
-            raise ValueError("naive timestamp")
-        # Normalising rejects moments PostgreSQL cannot hold (year 1 at +14:00 underflows).
-        return moment.astimezone(UTC), uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
-        raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
+from servicekit.pagination import decode_cursor
 
 
 def _rank(status: Any, ranks: Mapping[str, int]) -> ColumnElement[int]:

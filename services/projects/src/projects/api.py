@@ -18,7 +18,6 @@ from projects.deps import ServiceDep, SettingsDep, StorageDep
 from projects.errors import InvalidUpload
 from projects.media import SNIFF_BYTES, sniff_image_type
 from projects.models import Image
-from projects.repository import encode_cursor
 from projects.schemas import (
     UPLOAD_TYPES,
     DownloadOut,
@@ -38,6 +37,7 @@ from projects.schemas import (
 from projects.service import download_stem, upload_key
 from servicekit.errors import NotFound, ServiceError
 from servicekit.identity import CurrentIdentity
+from servicekit.pagination import encode_cursor
 
 router = APIRouter(prefix="/v1")
 

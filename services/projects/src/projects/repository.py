@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
@@ -14,26 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import ImageStatus
 from projects.models import Entitlement, Image, Project, UsageCharge
-from servicekit.errors import ServiceError
-
-
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    """An opaque cursor for keyset pagination."""
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a cursor made by `encode_cursor`; 400 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-        created, row_id = raw.split("|", 1)
-        moment = datetime.fromisoformat(created)
-        if moment.tzinfo is None:
-            raise ValueError("cursor time without a time zone")
-        # Normalising here surfaces out-of-range times (year 1 at +14:00) as a 400, not later.
-        return moment.astimezone(UTC), uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
-        raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
+from servicekit.pagination import decode_cursor
 
 
 def _page(stmt: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
