@@ -66,3 +66,21 @@ class TestEncode:
         marked = add_disclosure(img, "Virtually staged")
         assert marked.crop((0, 200, 400, 300)).tobytes() != img.crop((0, 200, 400, 300)).tobytes()
         assert marked.crop((0, 0, 400, 100)).tobytes() == img.crop((0, 0, 400, 100)).tobytes()
+
+
+class TestPhoneAndCameraPhotos:
+    """What phones and cameras really send."""
+
+    def test_heic_from_a_phone_is_decoded_upright(self) -> None:
+        img = Image.new("RGB", (120, 60), (30, 140, 90))
+        exif = Image.Exif()
+        exif[0x0112] = 8  # rotate 90° counter-clockwise when displayed
+        data = _encode(img, "HEIF", exif=exif.tobytes())
+        assert data[4:12] == b"ftypheic"
+        photo = decode(data, max_pixels=50_000_000, max_side=2048)
+        assert (photo.mode, photo.size) == ("RGB", (60, 120))
+
+    def test_a_48_megapixel_photo_is_accepted_and_scaled(self) -> None:
+        data = _encode(Image.new("L", (8000, 6000), 128), "PNG")
+        photo = decode(data, max_pixels=50_000_000, max_side=2048)
+        assert photo.size == (2048, 1536)
