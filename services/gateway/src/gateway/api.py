@@ -134,6 +134,13 @@ async def events(
         resume = int(last_event_id_header.strip())
     settings = clients.settings
     stream = EventStream(clients.live, runtime.sessionmaker, settings, user_id, resume)
+    try:
+        # Fix the starting point before the client sees a 200: whatever happens after the
+        # response starts is then streamed, never folded unseen into the snapshot.
+        await stream.prepare()
+    except BaseException:
+        stream.close()
+        raise
     return EventStreamResponse(
         stream.events(),
         send_timeout=settings.sse_send_timeout_seconds,

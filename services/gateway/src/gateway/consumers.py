@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.rabbit import RabbitQueue
+from faststream.rabbit import Channel, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -155,7 +155,9 @@ def register_consumers(runtime: Runtime, hub: LiveHub | None = None) -> RabbitQu
     if hub is None:
         return None
     queue = live_updates_queue()
-    runtime.broker.subscriber(queue, EVENTS_EXCHANGE, ack_policy=AckPolicy.ACK)(
-        image_status_handler(runtime, hub)
-    )
+    # One message at a time: handled concurrently, an image's `ready` could be recorded before
+    # its `processing`, which would then be dropped as stale and never reach the streams.
+    runtime.broker.subscriber(
+        queue, EVENTS_EXCHANGE, ack_policy=AckPolicy.ACK, channel=Channel(prefetch_count=1)
+    )(image_status_handler(runtime, hub))
     return queue

@@ -198,6 +198,7 @@ class EventStream:
         self.user_id = user_id
         self.last_event_id = last_event_id
         self.cursor = 0
+        self._prepared: str | None = None
         # Subscribe before anything is read, so an event recorded meanwhile still wakes us.
         self.sub = hub.subscribe(user_id)
 
@@ -205,8 +206,8 @@ class EventStream:
         """The text of the stream, until the client leaves, is dropped or the server stops."""
         try:
             yield f"retry: {self.settings.sse_retry_ms}\n\n"
-            start = await self._start()
-            if start is not None:
+            start = self._prepared if self._prepared is not None else await self._start()
+            if start:
                 yield start
             async for chunk in self._catch_up():
                 yield chunk
@@ -227,6 +228,10 @@ class EventStream:
                         yield chunk
         finally:
             self.close()
+
+    async def prepare(self) -> None:
+        """Take the snapshot (or the resume point) now, before the response starts."""
+        self._prepared = await self._start() or ""
 
     def close(self) -> None:
         """Leave the fan-out (idempotent)."""
