@@ -296,8 +296,15 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
                 resp = _retrying(
                     report,
                     f"create {n}",
+                    # One key per photo: a retry after a lost response must not stage twice.
                     lambda a=auth, p=project_id, k=key, n=n: api.create_image(
-                        a, p, k, ROOMS[n % len(ROOMS)], STYLES[n % len(STYLES)], seed=n
+                        a,
+                        p,
+                        k,
+                        ROOMS[n % len(ROOMS)],
+                        STYLES[n % len(STYLES)],
+                        idempotency_key=f"chaos-photo-{n}",
+                        seed=n,
                     ),
                     (201,),
                 )
@@ -330,6 +337,11 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
         for queue, count in report.dead_letters.items():
             if count != 0:
                 report.violations.append(f"{count} message(s) dead-lettered in {queue}")
+        if len(report.images) != opts.photos:
+            report.violations.append(
+                f"{len(report.images)} images exist for {opts.photos} photos asked for "
+                "(a retried request must not stage a photo twice)"
+            )
         missing = set(created) - set(report.images)
         for image_id in sorted(missing):
             report.violations.append(f"image {image_id} created but not listed")

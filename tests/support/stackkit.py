@@ -225,13 +225,18 @@ class Api:
         key: str,
         room_type: str = "living_room",
         style: str = "modern",
+        *,
+        idempotency_key: str | None = None,
         **extra: Any,
     ) -> httpx.Response:
         """Ask for a photo to be staged."""
+        headers = dict(auth)
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         return self.client.post(
             f"/v1/projects/{project_id}/images",
             json={"key": key, "room_type": room_type, "style": style, **extra},
-            headers=auth,
+            headers=headers,
         )
 
     def image(self, auth: Mapping[str, str], image_id: str) -> dict[str, Any]:

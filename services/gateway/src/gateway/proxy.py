@@ -34,6 +34,7 @@ REQUEST_HEADERS = frozenset(
         "accept",
         "if-none-match",
         "last-event-id",
+        "idempotency-key",
         "stripe-signature",
     }
 )

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 import zipstream
-from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from contracts.enums import ImageStatus
@@ -38,10 +38,19 @@ from projects.service import download_stem, upload_key
 from servicekit.errors import NotFound, ServiceError
 from servicekit.identity import CurrentIdentity
 from servicekit.pagination import encode_cursor
+from servicekit.text import ObjectKey
 
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=100)]
+IdempotencyKeyHeader = Annotated[
+    ObjectKey | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Any unique string; a retry with the same key gets the same images.",
+    ),
+]
 MAX_ZIP_IMAGES = 1000
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -171,10 +180,14 @@ async def upload(
     "/projects/{project_id}/images", status_code=status.HTTP_201_CREATED, response_model=ImageOut
 )
 async def create_image(
-    project_id: uuid.UUID, body: ImageCreate, who: CurrentIdentity, svc: ServiceDep
+    project_id: uuid.UUID,
+    body: ImageCreate,
+    who: CurrentIdentity,
+    svc: ServiceDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ImageOut:
-    """Queue one uploaded photo for staging."""
-    (image,) = await svc.create_images(who, project_id, [body])
+    """Queue one uploaded photo for staging (send an `Idempotency-Key` to retry safely)."""
+    (image,) = await svc.create_images(who, project_id, [body], idempotency_key)
     return image_out(image)
 
 
@@ -184,10 +197,14 @@ async def create_image(
     response_model=Page[ImageOut],
 )
 async def create_images(
-    project_id: uuid.UUID, body: ImageBatchCreate, who: CurrentIdentity, svc: ServiceDep
+    project_id: uuid.UUID,
+    body: ImageBatchCreate,
+    who: CurrentIdentity,
+    svc: ServiceDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Page[ImageOut]:
     """Queue up to 50 photos at once: all are created, or none (with each problem listed)."""
-    images = await svc.create_images(who, project_id, body.images)
+    images = await svc.create_images(who, project_id, body.images, idempotency_key)
     return Page(items=[image_out(i) for i in images])
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from contracts.enums import ImageStatus
@@ -28,6 +28,7 @@ from servicekit.outbox import InboxMessage, OutboxMessage
 __all__ = [
     "Base",
     "Entitlement",
+    "IdempotencyKey",
     "Image",
     "InboxMessage",
     "OutboxMessage",
@@ -127,3 +128,17 @@ class UsageCharge(Base):
     charged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (Index("ix_usage_charges_user_id_charged_at", "user_id", "charged_at"),)
+
+
+class IdempotencyKey(Base):
+    """A create request already answered: its retry gets the same images, not new ones."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(Text)
+    image_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import ImageStatus
-from projects.models import Entitlement, Image, Project, UsageCharge
+from projects.models import Entitlement, IdempotencyKey, Image, Project, UsageCharge
 from servicekit.pagination import decode_cursor
 
 
@@ -135,3 +135,29 @@ class AllowanceRepository:
             UsageCharge.charged_at < end,
         )
         return int((await self.session.execute(stmt)).scalar_one())
+
+
+class IdempotencyRepository:
+    """Answered create requests, by user and key."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def claim(self, user_id: uuid.UUID, key: str, request_hash: str) -> IdempotencyKey | None:
+        """Take the key for this request; None if it was taken (waits for a request in flight)."""
+        stmt = (
+            insert(IdempotencyKey)
+            .values(user_id=user_id, key=key, request_hash=request_hash)
+            .on_conflict_do_nothing()
+            .returning(IdempotencyKey.key)
+        )
+        if (await self.session.execute(stmt)).scalar_one_or_none() is not None:
+            return None
+        return await self.session.get(IdempotencyKey, (user_id, key), populate_existing=True)
+
+    async def images(self, ids: Sequence[uuid.UUID]) -> Sequence[Image]:
+        """Images by id, in the given order."""
+        rows = {
+            i.id: i for i in (await self.session.scalars(select(Image).where(Image.id.in_(ids))))
+        }
+        return [rows[i] for i in ids if i in rows]

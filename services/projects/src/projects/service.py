@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import IMAGE_STATUS_RANK, ImageStatus, RoomType, Style
@@ -28,11 +31,16 @@ from contracts.events import (
 from contracts.identity import Identity
 from projects.errors import AllowanceExceeded, ImageNotFound, InvalidUpload, ProjectNotFound
 from projects.media import EXTENSIONS, SNIFF_BYTES, sniff_image_type
-from projects.models import Entitlement, Image, Project, UsageCharge
-from projects.repository import AllowanceRepository, ImageRepository, ProjectRepository
+from projects.models import Entitlement, IdempotencyKey, Image, Project, UsageCharge
+from projects.repository import (
+    AllowanceRepository,
+    IdempotencyRepository,
+    ImageRepository,
+    ProjectRepository,
+)
 from projects.schemas import ImageCreate, UsageOut
 from projects.settings import ProjectsSettings
-from servicekit.errors import Conflict
+from servicekit.errors import Conflict, ServiceError
 from servicekit.outbox import add_event
 from servicekit.storage import Storage
 
@@ -101,6 +109,7 @@ class ProjectsService:
         self.projects = ProjectRepository(session)
         self.images = ImageRepository(session)
         self.allowance = AllowanceRepository(session)
+        self.idempotency = IdempotencyRepository(session)
 
     async def project(self, who: Identity, project_id: uuid.UUID, *, lock: bool = False) -> Project:
         """The caller's project, or 404."""
@@ -193,10 +202,45 @@ class ProjectsService:
         )
 
     async def create_images(
+        self,
+        who: Identity,
+        project_id: uuid.UUID,
+        items: list[ImageCreate],
+        idempotency_key: str | None = None,
+    ) -> list[Image]:
+        """Create and queue images, all or nothing, counting each against the allowance.
+
+        With an idempotency key, a repeat of the same request (a client retrying after a lost
+        response) gets the images the first one created instead of new, charged ones.
+        """
+        await self.project(who, project_id)
+        if idempotency_key is not None:
+            request_hash = hashlib.sha256(
+                json.dumps(
+                    [str(project_id), [i.model_dump(mode="json") for i in items]], sort_keys=True
+                ).encode()
+            ).hexdigest()
+            answered = await self.idempotency.claim(who.user_id, idempotency_key, request_hash)
+            if answered is not None:
+                if answered.request_hash != request_hash or not answered.image_ids:
+                    raise ServiceError(
+                        "This Idempotency-Key was already used for a different request.",
+                        code="idempotency_key_reused",
+                        status=422,
+                    )
+                return list(await self.idempotency.images(answered.image_ids))
+        created = await self._create_images(who, project_id, items)
+        if idempotency_key is not None:
+            await self.session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idempotency_key)
+                .values(image_ids=[image.id for image in created])
+            )
+        return created
+
+    async def _create_images(
         self, who: Identity, project_id: uuid.UUID, items: list[ImageCreate]
     ) -> list[Image]:
-        """Create and queue images, all or nothing, counting each against the allowance."""
-        await self.project(who, project_id)
         results = await asyncio.gather(
             *(self.check_upload(who, item.key) for item in items), return_exceptions=True
         )

@@ -460,3 +460,52 @@ class TestHostileText:
         ).decode()
         resp = await client.get(f"/v1/projects?cursor={cursor}", headers=owner.headers)
         assert resp.status_code == 400
+
+
+class TestIdempotency:
+    """A retried create request gets the same images, and is charged once."""
+
+    async def test_a_retry_with_the_same_key_creates_nothing_new(
+        self, client: httpx.AsyncClient, storage: Storage, owner: Any, jpeg: bytes
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = await _upload(storage, owner, jpeg)
+        headers = owner.headers | {"Idempotency-Key": "create-1"}
+        url = f"/v1/projects/{project_id}/images"
+        first, second = await asyncio.gather(
+            client.post(url, json=_item(key), headers=headers),
+            client.post(
+                url, json=_item(key), headers=owner.headers | {"Idempotency-Key": "create-1"}
+            ),
+        )
+        third = await client.post(url, json=_item(key), headers=headers)
+        assert (first.status_code, second.status_code, third.status_code) == (201, 201, 201)
+        assert first.json()["id"] == second.json()["id"] == third.json()["id"]
+        usage = (await client.get("/v1/usage", headers=owner.headers)).json()
+        assert usage["used"] == 1
+        listing = (await client.get(f"{url}", headers=owner.headers)).json()
+        assert len(listing["items"]) == 1
+
+    async def test_the_same_key_for_another_request_is_refused(
+        self, client: httpx.AsyncClient, storage: Storage, owner: Any, jpeg: bytes
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = await _upload(storage, owner, jpeg)
+        url = f"/v1/projects/{project_id}/images"
+        headers = owner.headers | {"Idempotency-Key": "k"}
+        assert (await client.post(url, json=_item(key), headers=headers)).status_code == 201
+        other = {**_item(key), "style": "rustic"}
+        reused = await client.post(url, json=other, headers=headers)
+        assert reused.status_code == 422
+        assert reused.json()["error"] == "idempotency_key_reused"
+
+    async def test_a_failed_request_does_not_use_up_its_key(
+        self, client: httpx.AsyncClient, storage: Storage, owner: Any, jpeg: bytes
+    ) -> None:
+        project_id = await _project(client, owner)
+        key = f"uploads/{owner.id}/later.jpg"
+        url = f"/v1/projects/{project_id}/images"
+        headers = owner.headers | {"Idempotency-Key": "later"}
+        assert (await client.post(url, json=_item(key), headers=headers)).status_code == 422
+        await storage.write(key, jpeg, "image/jpeg")
+        assert (await client.post(url, json=_item(key), headers=headers)).status_code == 201
