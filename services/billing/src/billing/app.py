@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
 from billing import api, consumers
-from billing.repository import PlanRepository
+from billing.repository import PlanRepository, ProcessedEventRepository
 from billing.service import refresh_due_entitlements
 from billing.settings import BillingSettings
 from billing.stripe_api import StripeApi
@@ -20,16 +21,32 @@ logger = logging.getLogger(__name__)
 
 
 async def sweep_entitlements(runtime: Runtime, settings: BillingSettings) -> None:
-    """Re-announce entitlements whose time is up, for the life of the service."""
+    """Re-announce entitlements whose time is up, and prune old webhook records."""
     while True:
         try:
             if await refresh_due_entitlements(runtime.sessionmaker, settings):
                 runtime.relay.wake()
+            await prune_processed_events(runtime, settings)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.warning("entitlement sweep paused: %s", exc)
         await asyncio.sleep(settings.entitlement_sweep_seconds)
+
+
+async def prune_processed_events(runtime: Runtime, settings: BillingSettings) -> int:
+    """Forget webhook events older than the retention.
+
+    Stripe retries a delivery for up to three days and refuses signatures older than five
+    minutes, so a record older than the retention can no longer stop a duplicate; the
+    subscription and invoice versions still keep an old event from undoing newer state.
+    """
+    cutoff = datetime.now(UTC) - timedelta(days=settings.processed_events_retention_days)
+    async with unit_of_work(runtime.sessionmaker) as session:
+        pruned = await ProcessedEventRepository(session).prune(cutoff)
+    if pruned:
+        logger.info("pruned %d processed webhook events", pruned)
+    return pruned
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

@@ -277,6 +277,13 @@ class ProcessedEventRepository:
         )
         return claimed is not None
 
+    async def prune(self, received_before: datetime) -> int:
+        """Forget events received before a moment; how many were forgotten."""
+        result = await self.session.execute(
+            delete(ProcessedEvent).where(ProcessedEvent.received_at < received_before)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
 
 class CompRepository:
     """Plans granted by admins."""

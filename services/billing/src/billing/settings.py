@@ -33,6 +33,7 @@ class BillingSettings(ServiceSettings):
     limit_business: int = 500
     past_due_grace_days: int = 7
     entitlement_sweep_seconds: float = 60.0
+    processed_events_retention_days: int = 30
 
     @field_validator("stripe_secret_key", "stripe_webhook_secret", mode="after")
     @classmethod
