@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -11,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.services import SERVICES, Stack
-from servicekit.testing import InfraUrls, private_vhost
+from servicekit.testing import InfraUrls, pinned_environment, private_vhost
 
 E2E_WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 E2E_BILLING_ENV = {
@@ -35,7 +33,7 @@ def stack(infra: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # RabbitMQ vhost of its own so its workers never take the other tests' messages.
     with (
         private_vhost(infra.amqp_url) as amqp_url,
-        _environment(
+        pinned_environment(
             {
                 "DEVSTACK_PG_URL": infra.pg_base_url,
                 "DEVSTACK_AMQP_URL": amqp_url,
@@ -55,17 +53,3 @@ def stack(infra: InfraUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
         with running:
             yield running
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -24,7 +24,7 @@ import httpx
 
 from contracts.topology import ALL_QUEUES
 from devstack.services import SERVICES, Stack
-from servicekit.testing import InfraUrls, private_vhost
+from servicekit.testing import InfraUrls, pinned_environment, private_vhost
 from tests.support.tcpproxy import TcpProxy
 
 ENVELOPE_KEYS = {"error", "message", "details", "request_id"}
@@ -85,20 +85,6 @@ class ProxiedStack:
 
 
 @contextlib.contextmanager
-def _pinned_env(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def proxied_stack(
     infra: InfraUrls,
     state_dir: Path,
@@ -121,7 +107,7 @@ def proxied_stack(
             "DEVSTACK_S3_SECRET_KEY": infra.s3_secret_key,
         }
         env = {"PROJECTS_FREE_MONTHLY_LIMIT": "100000", **(extra_env or {})}
-        with _pinned_env(pinned):
+        with pinned_environment(pinned):
             stack = Stack(
                 ports={svc: free_port() for svc in SERVICES},
                 db_prefix=f"rs_{name}_{uuid.uuid4().hex[:8]}",

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +156,21 @@ def _fresh_queues(request: pytest.FixtureRequest) -> None:
         # In a thread of its own: some tests (a browser driver) keep a loop running here.
         with ThreadPoolExecutor(max_workers=1) as pool:
             pool.submit(asyncio.run, purge_topology(infra.amqp_url)).result()
+
+
+@contextlib.contextmanager
+def pinned_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _admin_dsn(pg_base_url: str) -> str:
