@@ -22,6 +22,7 @@ from gateway.deps import (
 from gateway.live import EventStream, EventStreamResponse
 from gateway.proxy import PROJECTS, PUBLIC_ROUTES, ROUTES, is_admin_prefix
 from gateway.schemas import (
+    AuthConfigOut,
     CatalogEntry,
     CatalogOut,
     DevTokenRequest,
@@ -59,6 +60,20 @@ STYLE_LABELS: dict[Style, str] = {
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter(prefix="/v1")
+
+
+@router.get("/auth/config", tags=["auth"])
+async def auth_config(clients: ClientsDep) -> AuthConfigOut:
+    """How the web app signs people in: Auth0 (authorization code with PKCE) or development."""
+    settings = clients.settings
+    if settings.dev_mode:
+        return AuthConfigOut(mode="development")
+    return AuthConfigOut(
+        mode="auth0",
+        domain=settings.auth0_domain,
+        client_id=settings.auth0_spa_client_id,
+        audience=settings.auth0_audience,
+    )
 
 
 @router.get("/catalog", tags=["catalog"])

@@ -84,23 +84,30 @@ class Lifecycle:
 
 
 WEBAPP = resources.files("gateway") / "webapp"
-WEBAPP_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob: http: https:; "
-        "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
-def mount_webapp(app: FastAPI) -> None:
+def webapp_headers(settings: GatewaySettings) -> dict[str, str]:
+    """Security headers of the web app's page; it may talk to the Auth0 tenant, nothing else."""
+    auth0 = f" https://{settings.auth0_domain}" if settings.auth0_domain else ""
+    return {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": (
+            "default-src 'self'; img-src 'self' data: blob: http: https:; "
+            f"style-src 'self'; script-src 'self'; connect-src 'self'{auth0}; "
+            "frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
+
+
+def mount_webapp(app: FastAPI, settings: GatewaySettings) -> None:
     """Serve the web app: its assets under /app, its page at / (and /billing, Stripe's return)."""
     app.mount("/app", StaticFiles(directory=str(WEBAPP)), name="webapp")
+    headers = webapp_headers(settings)
 
     async def page() -> FileResponse:
-        return FileResponse(str(WEBAPP / "index.html"), headers=WEBAPP_HEADERS)
+        return FileResponse(str(WEBAPP / "index.html"), headers=headers)
 
     for path in ("/", "/billing"):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
@@ -134,7 +141,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         extra_checks=[("live_updates", live_ready)],
         internal=False,
     )
-    mount_webapp(app)
+    mount_webapp(app, settings)
     app.state.gateway = clients
     app.state.lifecycle = lifecycle
     public_openapi = PublicOpenApi(

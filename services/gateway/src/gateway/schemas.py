@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,3 +89,12 @@ class TicketOut(BaseModel):
 
     ticket: str
     expires_in: int
+
+
+class AuthConfigOut(BaseModel):
+    """How the web app signs people in."""
+
+    mode: Literal["auth0", "development"]
+    domain: str | None = None
+    client_id: str | None = None
+    audience: str | None = None

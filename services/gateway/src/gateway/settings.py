@@ -32,6 +32,7 @@ class GatewaySettings(ServiceSettings):
     auth0_domain: str | None = None
     auth0_audience: str | None = None
     auth0_jwks_url: str | None = None
+    auth0_spa_client_id: str | None = None
     jwks_cache_seconds: float = 600
     jwks_timeout_seconds: float = 5
     jwks_refresh_cooldown_seconds: float = 10

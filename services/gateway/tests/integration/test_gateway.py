@@ -581,3 +581,52 @@ class TestCli:
         with pytest.raises(SystemExit):
             cli.mint_token(settings, "dev|alice")
         assert not (tmp_path / "k.pem").exists()
+
+
+class TestWebApp:
+    """The gateway serves the web app and tells it how to sign people in."""
+
+    async def test_development_sign_in_is_announced_and_the_page_is_locked_down(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        config = await client.get("/v1/auth/config")
+        assert config.json() == {
+            "mode": "development",
+            "domain": None,
+            "client_id": None,
+            "audience": None,
+        }
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert "text/html" in page.headers["content-type"]
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert (await client.get("/billing")).status_code == 200
+        assert (await client.get("/app/app.js")).status_code == 200
+
+    async def test_auth0_sign_in_is_announced_with_its_tenant(
+        self, infra: Any, database_url: str, tmp_path: Path
+    ) -> None:
+        settings = gateway_settings(
+            infra,
+            database_url,
+            tmp_path,
+            auth0_domain="tenant.example.auth0.com",
+            auth0_audience="https://api.realstaging.example",
+            auth0_spa_client_id="spa-client-123",
+            auth0_jwks_url=dead_url() + "/jwks.json",
+        )
+        async with gateway(settings) as (_, client):
+            config = (await client.get("/v1/auth/config")).json()
+            page = await client.get("/")
+            dev = await client.post("/v1/dev/token", json={"sub": "dev|x"})
+        assert config == {
+            "mode": "auth0",
+            "domain": "tenant.example.auth0.com",
+            "client_id": "spa-client-123",
+            "audience": "https://api.realstaging.example",
+        }
+        assert (
+            "connect-src 'self' https://tenant.example.auth0.com"
+            in page.headers["content-security-policy"]
+        )
+        assert dev.status_code == 404

@@ -78,12 +78,19 @@ async function loadCatalog() {
   return state.catalog;
 }
 
-// Sign-in: the development issuer when the server has one, or a pasted access token.
+// Sign-in: Auth0 (authorization code with PKCE) in production, the development issuer when
+// the server is its own, or a pasted access token.
 async function showSignIn() {
   template("signin-tpl");
   const error = document.getElementById("signin-error");
-  const devAvailable = (await fetch("/.well-known/jwks.json")).ok;
+  const config = await api("/v1/auth/config", { auth: false });
+  const devAvailable = config.mode === "development";
   for (const node of view.querySelectorAll("[data-dev]")) node.hidden = !devAvailable;
+  const auth0 = document.getElementById("auth0-signin");
+  if (config.mode === "auth0" && config.client_id) {
+    auth0.hidden = false;
+    auth0.addEventListener("click", () => startAuth0(config));
+  }
   document.getElementById("dev-signin").addEventListener("submit", async (event) => {
     event.preventDefault();
     const email = new FormData(event.target).get("email");
@@ -100,6 +107,52 @@ async function showSignIn() {
     event.preventDefault();
     useToken(String(new FormData(event.target).get("token")).trim());
   });
+}
+
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+async function startAuth0(config) {
+  const verifier = base64url(crypto.getRandomValues(new Uint8Array(32)));
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  const stateValue = base64url(crypto.getRandomValues(new Uint8Array(16)));
+  sessionStorage.setItem("rs-pkce", JSON.stringify({ verifier, state: stateValue }));
+  const params = new URLSearchParams({
+    response_type: "code",
+    client_id: config.client_id,
+    redirect_uri: `${location.origin}/`,
+    audience: config.audience,
+    scope: "openid profile email",
+    code_challenge: challenge,
+    code_challenge_method: "S256",
+    state: stateValue,
+  });
+  location.assign(`https://${config.domain}/authorize?${params}`);
+}
+
+// Back from Auth0 with ?code=...&state=...: trade the code for an access token.
+async function finishAuth0() {
+  const query = new URLSearchParams(location.search);
+  const code = query.get("code");
+  const saved = JSON.parse(sessionStorage.getItem("rs-pkce") || "null");
+  if (!code || !saved) return;
+  sessionStorage.removeItem("rs-pkce");
+  history.replaceState(null, "", "/");
+  if (query.get("state") !== saved.state) return;
+  const config = await api("/v1/auth/config", { auth: false });
+  const resp = await fetch(`https://${config.domain}/oauth/token`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({
+      grant_type: "authorization_code",
+      client_id: config.client_id,
+      code_verifier: saved.verifier,
+      code,
+      redirect_uri: `${location.origin}/`,
+    }),
+  });
+  if (resp.ok) useToken((await resp.json()).access_token);
 }
 
 function useToken(token) {
@@ -384,4 +437,4 @@ async function route() {
 document.getElementById("signout").addEventListener("click", signOut);
 document.getElementById("upgrade").addEventListener("click", upgrade);
 window.addEventListener("hashchange", route);
-route();
+finishAuth0().finally(route);
