@@ -51,6 +51,27 @@ def _newer(
     )
 
 
+async def _write_if_newer(
+    session: AsyncSession,
+    table: type[Subscription] | type[Invoice],
+    ranks: Mapping[str, int],
+    key: tuple[Any, str],
+    row: dict[str, Any],
+    values: dict[str, Any],
+) -> bool:
+    """Upsert a Stripe object's state unless a newer one is stored; True if it was written."""
+    column, stripe_id = key
+    stmt = insert(table).values(**row, **{column.key: stripe_id}, **values)
+    written = await session.scalar(
+        stmt.on_conflict_do_update(
+            index_elements=[column],
+            set_={**values, "updated_at": func.now()},
+            where=_newer(table, ranks, stmt.excluded),
+        ).returning(table.id)
+    )
+    return written is not None
+
+
 class PlanRepository:
     """Plans."""
 
@@ -178,17 +199,14 @@ class SubscriptionRepository:
             "stripe_event_created": version.created,
             "stripe_event_id": version.event_id,
         }
-        stmt = insert(Subscription).values(
-            user_id=user_id, stripe_subscription_id=state.stripe_subscription_id, **values
+        return await _write_if_newer(
+            self.session,
+            Subscription,
+            SUBSCRIPTION_STATUS_RANK,
+            (Subscription.stripe_subscription_id, state.stripe_subscription_id),
+            {"user_id": user_id},
+            values,
         )
-        written = await self.session.scalar(
-            stmt.on_conflict_do_update(
-                index_elements=[Subscription.stripe_subscription_id],
-                set_={**values, "updated_at": func.now()},
-                where=_newer(Subscription, SUBSCRIPTION_STATUS_RANK, stmt.excluded),
-            ).returning(Subscription.id)
-        )
-        return written is not None
 
     async def user_for(self, stripe_subscription_id: str) -> uuid.UUID | None:
         """Who a subscription belongs to, if it is known."""
@@ -237,17 +255,14 @@ class InvoiceRepository:
             "stripe_event_created": version.created,
             "stripe_event_id": version.event_id,
         }
-        stmt = insert(Invoice).values(
-            user_id=user_id, stripe_invoice_id=state.stripe_invoice_id, **values
+        return await _write_if_newer(
+            self.session,
+            Invoice,
+            INVOICE_STATUS_RANK,
+            (Invoice.stripe_invoice_id, state.stripe_invoice_id),
+            {"user_id": user_id},
+            values,
         )
-        written = await self.session.scalar(
-            stmt.on_conflict_do_update(
-                index_elements=[Invoice.stripe_invoice_id],
-                set_={**values, "updated_at": func.now()},
-                where=_newer(Invoice, INVOICE_STATUS_RANK, stmt.excluded),
-            ).returning(Invoice.id)
-        )
-        return written is not None
 
     async def list(self, user_id: uuid.UUID, cursor: str | None, limit: int) -> Sequence[Invoice]:
         """Newest first, `limit + 1` rows so the caller knows whether more follow."""
