@@ -58,6 +58,17 @@ class ImageQueued(Event):
     attempt: int = 1
 
 
+class ImageSettle(ImageQueued):
+    """Projects asks staging to settle an attempt that has been unfinished for too long.
+
+    Staging answers with the attempt's real outcome (`image.ready` or `image.failed`) when its
+    job has finished, runs it if it never started, and takes it over if its lease lapsed. It
+    never calls a backend again for an attempt whose result is stored.
+    """
+
+    routing_key: ClassVar[str] = "image.settle"
+
+
 class ImageProcessing(Event):
     """Staging has started work on an image."""
 
@@ -145,6 +156,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UserCreated,
         CustomerLinked,
         ImageQueued,
+        ImageSettle,
         ImageProcessing,
         ImageReady,
         ImageFailed,

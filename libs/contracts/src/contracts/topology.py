@@ -40,7 +40,7 @@ PROJECTS_IMAGE_STATUS = QueueSpec(
     "projects.image-status", ("image.processing", "image.ready", "image.failed")
 )
 PROJECTS_ENTITLEMENTS = QueueSpec("projects.entitlements", ("subscription.updated",))
-STAGING_JOBS = QueueSpec("staging.jobs", ("image.queued",))
+STAGING_JOBS = QueueSpec("staging.jobs", ("image.queued", "image.settle"))
 STAGING_CANCELLATIONS = QueueSpec("staging.cancellations", ("image.deleted", "project.deleted"))
 
 ALL_QUEUES: tuple[QueueSpec, ...] = (

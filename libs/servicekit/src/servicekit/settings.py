@@ -36,6 +36,10 @@ SHARED_FIELDS = frozenset(
         "s3_secret_key",
         "s3_bucket",
         "s3_region",
+        "retry_delays_seconds",
+        "retry_max_age_seconds",
+        "reconcile_interval_seconds",
+        "dead_letter_max_length",
     }
 )
 """Settings that may be given stack-wide without a prefix; never a service's own database."""
@@ -75,6 +79,14 @@ class ServiceSettings(BaseSettings):
     internal_secret: SecretStr = Field(default=SecretStr(""))
     outbox_poll_seconds: float = 0.5
     consumer_prefetch: int = 8
+    retry_delays_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    """Delays between redeliveries of a failing message; the last one repeats (capped)."""
+    retry_max_age_seconds: float = 7 * 24 * 3600.0
+    """How long an infrastructure failure (database, broker, S3 away) is retried before parking."""
+    reconcile_interval_seconds: float = 30.0
+    """How often the service's reconciler looks for work left unfinished."""
+    dead_letter_max_length: int = 100_000
+    """Parked messages kept per dead-letter queue; the oldest are dropped beyond it."""
 
     @classmethod
     def settings_customise_sources(
