@@ -6,12 +6,13 @@ import asyncio
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.error import S3Error
 
 from servicekit.settings import S3Settings
@@ -24,6 +25,15 @@ class ObjectInfo:
     key: str
     size: int
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """An object found by listing a prefix."""
+
+    key: str
+    size: int
+    last_modified: datetime | None
 
 
 def _client(endpoint: str, settings: S3Settings) -> Minio:
@@ -171,3 +181,29 @@ class Storage:
                 self._client.remove_object(self.bucket, key)
 
         await asyncio.to_thread(run)
+
+    async def copy(self, source: str, destination: str) -> None:
+        """Copy an object server-side (no bytes pass through this process)."""
+        await asyncio.to_thread(
+            self._client.copy_object, self.bucket, destination, CopySource(self.bucket, source)
+        )
+
+    async def list(
+        self, prefix: str, *, older_than: datetime | None = None, limit: int = 1000
+    ) -> list[ListedObject]:
+        """Up to `limit` objects under `prefix`, only those last modified before `older_than`."""
+
+        def run() -> list[ListedObject]:
+            found: list[ListedObject] = []
+            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                modified = obj.last_modified
+                if older_than is not None and (modified is None or modified >= older_than):
+                    continue
+                found.append(ListedObject(obj.object_name, obj.size or 0, modified))
+                if len(found) >= limit:
+                    break
+            return found
+
+        return await asyncio.to_thread(run)
