@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck contact-sheet chaos bench
+.PHONY: help up test lint format typecheck contact-sheet chaos bench audit
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ contact-sheet: ## Render the staging contact sheet to docs/images/contact-sheet.
 
 chaos: ## Kill services and cut the broker while 200 photos are staged; check every guarantee
 	uv run python -m tests.chaos.run
+
+audit: ## Check the invariants of the stack `make up` runs (images, objects, usage, queues)
+	uv run python -m devstack audit $(ARGS)
 
 bench: ## Time 50 photos from creation to staged through a stack of its own
 	uv run python bench/stage_throughput.py

@@ -1,9 +1,12 @@
-"""`python -m devstack up|infra|stop-infra`: the local stack for people and for the test suite."""
+"""`python -m devstack up|infra|stop-infra|audit`: the local stack for people and the tests."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -13,8 +16,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devstack.audit import AuditOptions, AuditTarget, audit
 from devstack.infra import InfraError, S3Server, ensure_infra, prepare_state_dir
-from devstack.services import SERVICES, PortInUseError, ServiceError, Stack
+from devstack.services import DEFAULT_DB_PREFIX, SERVICES, PortInUseError, ServiceError, Stack
 
 TOKEN_SUB = "dev|alice"
 TOKEN_EMAIL = "alice@example.com"
@@ -157,6 +161,73 @@ def cmd_stop_infra(state_dir: Path) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Check the stack's invariants; print each violation; exit 1 if there is any."""
+    target = AuditTarget.from_env()
+    overrides = {
+        "amqp_url": args.amqp_url,
+        "s3_endpoint": args.s3_endpoint,
+        "s3_bucket": args.s3_bucket,
+        "gateway_url": args.gateway_url,
+    }
+    target = dataclasses.replace(target, **{k: v for k, v in overrides.items() if v is not None})
+    if args.pg_url is not None or args.db_prefix is not None:
+        stack = AuditTarget.for_stack(
+            pg_base_url=args.pg_url or target.database_urls["gateway"].rsplit("/", 1)[0],
+            db_prefix=args.db_prefix or os.environ.get("DEVSTACK_DB_PREFIX") or DEFAULT_DB_PREFIX,
+        )
+        target = dataclasses.replace(target, database_urls=stack.database_urls)
+    if args.no_gateway:
+        target = dataclasses.replace(target, gateway_url=None)
+    options = AuditOptions(whole_bucket=args.whole_bucket)
+    timings = {
+        "unfinished_after_seconds": args.timeout,
+        "orphan_grace_seconds": args.orphan_grace,
+        "upload_grace_seconds": args.upload_grace,
+        "outbox_grace_seconds": args.outbox_grace,
+    }
+    options = dataclasses.replace(options, **{k: v for k, v in timings.items() if v is not None})
+    report = asyncio.run(audit(target, options))
+    for line in report.lines():
+        print(line, flush=True)
+    return 0 if report.ok else 1
+
+
+def _audit_parser(parser: argparse.ArgumentParser) -> None:
+    env = "(default: $%s or the stack `make up` runs)"
+    parser.add_argument("--pg-url", help="PostgreSQL server URL " + env % "DEVSTACK_PG_URL")
+    parser.add_argument("--db-prefix", help="database name prefix " + env % "DEVSTACK_DB_PREFIX")
+    parser.add_argument("--amqp-url", help="RabbitMQ vhost URL " + env % "DEVSTACK_AMQP_URL")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint " + env % "DEVSTACK_S3_ENDPOINT")
+    parser.add_argument("--s3-bucket", help="bucket " + env % "DEVSTACK_S3_BUCKET")
+    parser.add_argument(
+        "--gateway-url", help="development gateway, to read usage " + env % "DEVSTACK_GATEWAY_URL"
+    )
+    parser.add_argument(
+        "--no-gateway", action="store_true", help="do not read usage through the gateway"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds an image may stay queued/processing without progress "
+        "(default: PROJECTS_SETTLE_AFTER_SECONDS or 900, plus 360)",
+    )
+    parser.add_argument(
+        "--orphan-grace", type=float, help="seconds an original/staged object may lack an owner"
+    )
+    parser.add_argument(
+        "--upload-grace", type=float, help="seconds an unused upload may stay (default 1 day)"
+    )
+    parser.add_argument(
+        "--outbox-grace", type=float, help="seconds an event may wait unpublished (default 10)"
+    )
+    parser.add_argument(
+        "--whole-bucket",
+        action="store_true",
+        help="check every object in the bucket, not only the stack's users' prefixes",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
@@ -170,12 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="run infrastructure and all four services until Ctrl-C")
     commands.add_parser("infra", help="ensure infrastructure; print TEST_* export lines")
     commands.add_parser("stop-infra", help="stop the S3 server that `infra` left running")
+    _audit_parser(
+        commands.add_parser(
+            "audit", help="check the stack's invariants; print violations; exit 1 if any"
+        )
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="devstack: %(message)s", stream=sys.stderr, force=True
     )
     # httpx logs every readiness poll at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "audit":
+        return cmd_audit(args)
     state_dir = prepare_state_dir(args.state_dir)
     if args.command == "up":
         return cmd_up(state_dir)
