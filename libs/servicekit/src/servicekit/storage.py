@@ -189,13 +189,20 @@ class Storage:
         )
 
     async def list(
-        self, prefix: str, *, older_than: datetime | None = None, limit: int = 1000
+        self,
+        prefix: str,
+        *,
+        older_than: datetime | None = None,
+        limit: int = 1000,
+        start_after: str | None = None,
     ) -> list[ListedObject]:
-        """Up to `limit` objects under `prefix`, only those last modified before `older_than`."""
+        """Up to `limit` objects under `prefix` past `start_after`, modified before `older_than`."""
 
         def run() -> list[ListedObject]:
             found: list[ListedObject] = []
-            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            for obj in self._client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, start_after=start_after
+            ):
                 if obj.is_dir or obj.object_name is None:
                     continue
                 modified = obj.last_modified

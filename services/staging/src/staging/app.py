@@ -13,6 +13,7 @@ from servicekit.storage import Storage
 from staging import api, consumers
 from staging.backends.base import StagingBackend
 from staging.backends.registry import build_backends
+from staging.maintenance import Maintenance
 from staging.service import JobRunner
 from staging.settings import StagingSettings
 
@@ -37,6 +38,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except Exception:
             logger.warning("object storage not reachable yet")
 
+    async def start_maintenance(runtime: Runtime) -> None:
+        maintenance = Maintenance(runtime.sessionmaker, storage, cfg)
+        app.state.maintenance = maintenance
+        maintenance.start(runtime.spawn, runtime.relay.wake)
+
     async def hand_back_jobs(_: Runtime) -> None:
         # Runs before the broker stops: unfinished jobs release their leases (keeping any
         # prediction id), so their redelivered messages resume at once on another worker.
@@ -56,7 +62,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="Real Staging staging",
         routers=[api.router],
         register_consumers=register,
-        on_startup=[open_storage],
+        on_startup=[open_storage, start_maintenance],
         on_shutdown=[hand_back_jobs, close_backends],
         extra_checks=[("storage", storage_check)],
     )

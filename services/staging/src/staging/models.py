@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, Text, UniqueConstraint, func, text
+from sqlalchemy import DateTime, Double, Index, Integer, Text, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,11 +44,17 @@ class Job(Base):
     prediction_id: Mapped[str | None] = mapped_column(Text)
     staged_key: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # The backend's stored result (per attempt and run), recorded by the lease holder before the
+    # job completes, so a retry of the attempt completes from it instead of calling again.
+    result_key: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Double)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("image_id", "attempt", name="uq_jobs_image_id_attempt"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_status_updated_at", "status", "updated_at"),
     )
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,16 @@ class JobRepository:
             stmt = stmt.with_for_update()
         return (await self.session.scalars(stmt)).one_or_none()
 
+    async def find(self, image_id: uuid.UUID, attempt: int) -> Job | None:
+        """The job of this image attempt, locked, if it exists."""
+        stmt = (
+            select(Job)
+            .where(Job.image_id == image_id, Job.attempt == attempt)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
     async def is_cancelled(self, image_id: uuid.UUID) -> bool:
         """Whether the image was deleted."""
         return await self.session.get(Cancellation, image_id) is not None
@@ -62,6 +72,26 @@ class JobRepository:
                 insert(Cancellation)
                 .values([{"image_id": i} for i in image_ids])
                 .on_conflict_do_nothing()
+            )
+
+    async def cancelled_among(self, image_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these images were deleted."""
+        if not image_ids:
+            return set()
+        rows = await self.session.scalars(
+            select(Cancellation.image_id).where(Cancellation.image_id.in_(image_ids))
+        )
+        return set(rows)
+
+    async def stop(self, image_ids: Sequence[uuid.UUID], reason: str, now: datetime) -> None:
+        """Fail the unfinished jobs of these images, which fences out any worker running them."""
+        if image_ids:
+            await self.session.execute(
+                update(Job)
+                .where(Job.image_id.in_(image_ids), Job.status.in_(("queued", "processing")))
+                .values(
+                    status="failed", error=reason, finished_at=now, updated_at=now, lease_until=None
+                )
             )
 
     async def for_images(self, image_ids: Sequence[uuid.UUID]) -> Sequence[Job]:
@@ -96,6 +126,80 @@ class JobRepository:
             .returning(Job.id)
         )
         return result.scalar_one_or_none() is not None
+
+    async def record_result(
+        self,
+        job_id: uuid.UUID,
+        run: int,
+        *,
+        key: str,
+        size: int,
+        model: str | None,
+        cost_usd: float | None,
+        prediction_id: str | None,
+    ) -> bool:
+        """Remember the stored result of this run; False if this run no longer holds the job."""
+        result = await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.runs == run, Job.status == "processing")
+            .values(
+                result_key=key,
+                size_bytes=size,
+                model=model,
+                cost_usd=cost_usd,
+                prediction_id=func.coalesce(prediction_id, Job.prediction_id),
+                updated_at=func.now(),
+            )
+            .returning(Job.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def stale(
+        self, *, lapsed_before: datetime, untouched_before: datetime, limit: int
+    ) -> Sequence[Job]:
+        """Unfinished jobs nobody works on: leases lapsed, or queued and untouched; locked."""
+        stmt = (
+            select(Job)
+            .where(
+                or_(
+                    (Job.status == "processing") & (Job.lease_until < lapsed_before),
+                    (Job.status == "queued") & (Job.updated_at < untouched_before),
+                )
+            )
+            .order_by(Job.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).all()
+
+    async def delete_finished(self, before: datetime, limit: int) -> Sequence[Job]:
+        """Delete up to `limit` jobs that finished before `before`; the deleted rows."""
+        ids = (
+            select(Job.id)
+            .where(Job.status.in_(("completed", "failed")), Job.updated_at < before)
+            .order_by(Job.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        rows = await self.session.scalars(delete(Job).where(Job.id.in_(ids)).returning(Job))
+        return rows.all()
+
+    async def delete_cancellations(self, before: datetime, limit: int) -> int:
+        """Forget up to `limit` deletions older than `before`; how many."""
+        ids = (
+            select(Cancellation.image_id)
+            .where(Cancellation.cancelled_at < before)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        result = await self.session.execute(
+            delete(Cancellation)
+            .where(Cancellation.image_id.in_(ids))
+            .returning(Cancellation.image_id)
+        )
+        return len(result.all())
 
 
 class SettingRepository:

@@ -14,14 +14,22 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import JobStatus
-from contracts.events import Envelope, ImageFailed, ImageProcessing, ImageQueued, ImageReady
+from contracts.events import (
+    Envelope,
+    ImageDeleted,
+    ImageFailed,
+    ImageProcessing,
+    ImageQueued,
+    ImageReady,
+    ImageSettle,
+)
 from servicekit.db import unit_of_work
 from servicekit.errors import Conflict, NotFound
 from servicekit.messaging import PermanentError
@@ -51,20 +59,21 @@ PRODUCER = "staging"
 BACKEND_SETTING = "staging.backend"
 
 
-def staged_key(event: ImageQueued, extension: str) -> str:
-    """Where the staged photo of one attempt is stored."""
-    return f"staged/{event.user_id}/{event.image_id}/{event.attempt}{extension}"
+DELETED_REASON = "The image was deleted."
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A job this worker now holds the lease on, as run number `run`, with what to run."""
+def result_key(event: ImageQueued, run: int, extension: str) -> str:
+    """Where one run of one attempt stores its staged photo (never shared with another run)."""
+    return f"staged/{event.user_id}/{event.image_id}/{event.attempt}-{run}{extension}"
 
-    job_id: uuid.UUID
-    run: int
-    backend: str
-    model: str | None
-    prediction_id: str | None
+
+def image_prefix(user_id: uuid.UUID, image_id: uuid.UUID) -> str:
+    """The prefix under which every staged photo of an image is stored."""
+    return f"staged/{user_id}/{image_id}/"
+
+
+class JobCancelled(Exception):
+    """The image was deleted while its job ran: stop, store nothing, report nothing."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,18 @@ class Outcome:
     model: str | None
     cost_usd: float | None
     prediction_id: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds the lease on, as run number `run`, with what to run."""
+
+    job_id: uuid.UUID
+    run: int
+    backend: str
+    model: str | None
+    prediction_id: str | None
+    stored: Outcome | None = None
 
 
 class JobRunner:
@@ -129,19 +150,34 @@ class JobRunner:
         self._choice = None
 
     async def handle(self, envelope: Envelope[ImageQueued]) -> None:
-        """Run the job of this event unless it already ran or another worker holds it."""
+        """Run the job of this event (queued or a settle request) unless it already ran."""
         if self._draining:
             # Shutting down: leave the message unacked, so RabbitMQ hands it to another worker
             # when this one's channel closes.
             raise asyncio.CancelledError
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
+        # The job runs in a task of its own: when the broker connection drops, aiormq cancels
+        # the consumer's task, and a job cancelled there would lose a (possibly paid) backend
+        # call. Shielded, it finishes and records its result; the redelivery then finds the job
+        # completed, or running with a renewed lease, and does not call the backend again.
+        work = asyncio.create_task(self._run(envelope))
+        self._inflight.add(work)
+        work.add_done_callback(self._forget_task)
         try:
-            await self._run(envelope)
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if not work.done():
+                logger.warning(
+                    "delivery of %s was cancelled; its job finishes in the background",
+                    envelope.event_id,
+                )
+            raise
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here so a job that outlived its delivery does not log "never retrieved";
+            # the delivery (or its redelivery) is what retries it.
+            logger.debug("job task ended with %r", task.exception())
 
     async def shutdown(self) -> None:
         """Let running jobs finish for a grace period, then hand the rest back at once."""
@@ -162,7 +198,7 @@ class JobRunner:
             await asyncio.wait(rest, timeout=10)
 
     async def _run(self, envelope: Envelope[ImageQueued]) -> None:
-        claim = await self._claim(envelope)
+        claim = await self._claim(envelope, settle=isinstance(envelope.data, ImageSettle))
         if claim is None:
             return
         started = time.perf_counter()
@@ -172,6 +208,10 @@ class JobRunner:
             outcome = await work
         except PermanentError as exc:
             await self.fail(envelope, str(exc), run=claim.run)
+            return
+        except JobCancelled:
+            await self._stop_deleted(claim)
+            logger.info("job %s stopped: its image was deleted", claim.job_id)
             return
         except LeaseLost:
             logger.warning("job %s was taken over by another worker", claim.job_id)
@@ -193,22 +233,29 @@ class JobRunner:
         try:
             await self._complete(envelope, claim, outcome, duration_ms)
         except BaseException:
-            # The photo is stored but not reported: let the retry report it without waiting
-            # for the lease (a remote prediction is resumed, not paid again).
+            # The photo is stored and recorded but not reported: let the retry complete from it
+            # without waiting for the lease (and without calling the backend again).
             await asyncio.shield(self._release(claim, keep_prediction=True))
             raise
 
-    async def _claim(self, envelope: Envelope[ImageQueued]) -> Claim | None:
+    async def _claim(self, envelope: Envelope[ImageQueued], *, settle: bool) -> Claim | None:
         event = envelope.data
         observed: datetime | None = None
+        claim: Claim | None = None
         while True:
             choice = await self.choice()
             now = datetime.now(UTC)
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 jobs = JobRepository(session)
                 job = await jobs.ensure(
-                    event.image_id, event.user_id, event.attempt, event.model_dump(mode="json")
+                    event.image_id,
+                    event.user_id,
+                    event.attempt,
+                    ImageQueued.model_validate(event.model_dump()).model_dump(mode="json"),
                 )
+                if settle and not await self._answer_settle(session, envelope, job, now):
+                    claim = None
+                    break
                 if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
                     logger.info("job %s already %s; ignoring duplicate", job.id, job.status)
                     return None
@@ -232,6 +279,54 @@ class JobRunner:
         self.runtime.relay.wake()
         return claim
 
+    async def _answer_settle(
+        self, session: AsyncSession, envelope: Envelope[ImageQueued], job: Job, now: datetime
+    ) -> bool:
+        """Answer a settle request from the job's truth; True when the job must run (again)."""
+        event = envelope.data
+        if await JobRepository(session).is_cancelled(event.image_id):
+            # Projects no longer has the image: nothing to tell it.
+            if job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
+                _mark_deleted(job, now)
+            return False
+        if job.status == JobStatus.COMPLETED and job.staged_key:
+            add_event(
+                session,
+                ImageReady(
+                    image_id=job.image_id,
+                    user_id=job.user_id,
+                    attempt=job.attempt,
+                    staged_key=job.staged_key,
+                    content_type="image/jpeg",
+                    size_bytes=job.size_bytes,
+                    backend=job.backend or "unknown",
+                    model=job.model,
+                    duration_ms=job.duration_ms,
+                    cost_usd=job.cost_usd,
+                ),
+                producer=PRODUCER,
+                correlation_id=envelope.correlation_id,
+            )
+            return False
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+            add_event(
+                session,
+                ImageFailed(
+                    image_id=job.image_id,
+                    user_id=job.user_id,
+                    attempt=job.attempt,
+                    reason=job.error or "Staging failed.",
+                    backend=job.backend,
+                ),
+                producer=PRODUCER,
+                correlation_id=envelope.correlation_id,
+            )
+            return False
+        if job.status == JobStatus.PROCESSING and job.lease_until and job.lease_until > now:
+            logger.info("job %s is running; its holder will report", job.id)
+            return False
+        return True
+
     async def _take(
         self,
         session: AsyncSession,
@@ -242,14 +337,11 @@ class JobRunner:
     ) -> Claim | None:
         event = envelope.data
         if await JobRepository(session).is_cancelled(event.image_id):
-            job.status = JobStatus.FAILED
-            job.error = "The image was deleted."
-            job.finished_at = now
-            job.lease_until = None
+            _mark_deleted(job, now)
             return None
         backend, model = job.backend, job.model
-        if job.prediction_id is None or backend is None:
-            # Only a job with a prediction to resume keeps the backend it started with.
+        if (job.prediction_id is None and job.result_key is None) or backend is None:
+            # Only a job with a prediction or result to resume keeps the backend it started with.
             backend, model = choice.backend, choice.model
             job.backend, job.model = backend, model
         first_run = job.started_at is None
@@ -270,12 +362,22 @@ class JobRunner:
                 producer=PRODUCER,
                 correlation_id=envelope.correlation_id,
             )
+        stored = None
+        if job.result_key is not None:
+            stored = Outcome(
+                key=job.result_key,
+                size=job.size_bytes or 0,
+                model=job.model,
+                cost_usd=job.cost_usd,
+                prediction_id=job.prediction_id,
+            )
         return Claim(
             job_id=job.id,
             run=job.runs,
             backend=backend,
             model=model,
             prediction_id=job.prediction_id,
+            stored=stored,
         )
 
     async def _keep_lease(self, claim: Claim, work: asyncio.Task[Any]) -> None:
@@ -296,13 +398,26 @@ class JobRunner:
                 work.cancel()
                 return
 
+    async def _check_deleted(self, event: ImageQueued) -> None:
+        """Stop here if the image was deleted since the job started."""
+        async with self.runtime.sessionmaker() as session:
+            if await JobRepository(session).is_cancelled(event.image_id):
+                raise JobCancelled(str(event.image_id))
+
     async def _stage(self, event: ImageQueued, claim: Claim) -> Outcome:
+        if claim.stored is not None:
+            info = await self.storage.stat(claim.stored.key)
+            if info is not None:
+                logger.info("job %s completes from its stored result", claim.job_id)
+                return replace(claim.stored, size=info.size)
+            logger.warning("the stored result of job %s is gone; staging again", claim.job_id)
         backend = self.backends.get(claim.backend)
         if backend is None:
             raise TransientBackendError(
                 f"the {claim.backend} backend is not configured on this worker"
             )
         data = await self.storage.read(event.original_key, max_bytes=self.settings.max_input_bytes)
+        await self._check_deleted(event)
         photo = await asyncio.to_thread(
             decode,
             data,
@@ -311,30 +426,84 @@ class JobRunner:
         )
         seed = event.seed if event.seed is not None else int(event.image_id) % 4_294_967_296
 
-        async def submitted(prediction_id: str) -> None:
-            await self._record_prediction(claim, prediction_id)
+        own_failures: list[BaseException] = []
 
-        result = await backend.stage(
-            StageRequest(
-                photo=photo,
-                room_type=event.room_type,
-                style=event.style,
-                seed=seed,
-                model=claim.model,
-            ),
-            resume_id=claim.prediction_id,
-            on_submitted=submitted,
-        )
+        async def submitted(prediction_id: str) -> None:
+            try:
+                await self._record_prediction(claim, prediction_id)
+            except BaseException as exc:
+                own_failures.append(exc)
+                raise
+
+        try:
+            result = await backend.stage(
+                StageRequest(
+                    photo=photo,
+                    room_type=event.room_type,
+                    style=event.style,
+                    seed=seed,
+                    model=claim.model,
+                ),
+                resume_id=claim.prediction_id,
+                on_submitted=submitted,
+            )
+        except OSError as exc:
+            if any(exc is own for own in own_failures):
+                raise  # our own database: an infrastructure failure, retried for long
+            # A backend's OSError (a timeout, a socket) is the backend's failure: it keeps the
+            # bounded retry ladder and ends in image.failed, not days of infrastructure retries.
+            raise TransientBackendError(
+                f"the {claim.backend} backend failed: {type(exc).__name__}: {exc}"[:300]
+            ) from exc
+        await self._check_deleted(event)
         encoded = await asyncio.to_thread(self._finish, result.photo)
-        key = staged_key(event, encoded.extension)
-        await self.storage.write(key, encoded.data, encoded.content_type)
-        return Outcome(
-            key=key,
+        await self._check_deleted(event)
+        outcome = Outcome(
+            key=result_key(event, claim.run, encoded.extension),
             size=len(encoded.data),
             model=result.model,
             cost_usd=result.cost_usd,
             prediction_id=result.prediction_id,
         )
+        # Stored before anything else, then recorded by the holder only: a retry of this
+        # attempt completes from it instead of paying for the backend call again.
+        await self.storage.write(outcome.key, encoded.data, encoded.content_type)
+        await self._record_result(claim, event, outcome)
+        return outcome
+
+    async def _record_result(self, claim: Claim, event: ImageQueued, outcome: Outcome) -> None:
+        """Commit the stored result's key to the job, fenced by run; else remove the object."""
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                jobs = JobRepository(session)
+                deleted = await jobs.is_cancelled(event.image_id)
+                held = not deleted and await jobs.record_result(
+                    claim.job_id,
+                    claim.run,
+                    key=outcome.key,
+                    size=outcome.size,
+                    model=outcome.model,
+                    cost_usd=outcome.cost_usd,
+                    prediction_id=outcome.prediction_id,
+                )
+        except BaseException:
+            # Unrecorded, the object belongs to nobody; the orphan sweeper removes it if this
+            # removal fails too.
+            await asyncio.shield(self._discard(outcome.key))
+            raise
+        if deleted:
+            await self._discard(outcome.key)
+            raise JobCancelled(str(event.image_id))
+        if not held:
+            # Only the lease holder's result is recorded; the winner writes its own key.
+            await self._discard(outcome.key)
+            raise LeaseLost(f"job {claim.job_id} was taken over before its result was recorded")
+
+    async def _discard(self, key: str) -> None:
+        try:
+            await self.storage.remove(key)
+        except Exception as exc:
+            logger.warning("could not remove %s (the orphan sweeper will): %s", key, exc)
 
     async def _record_prediction(self, claim: Claim, prediction_id: str) -> None:
         """Commit the paid call's id to the job before anyone waits on it."""
@@ -355,37 +524,57 @@ class JobRunner:
     ) -> None:
         event = envelope.data
         now = datetime.now(UTC)
+        deleted = False
         async with unit_of_work(self.runtime.sessionmaker) as session:
             jobs = JobRepository(session)
             job = await jobs.get(claim.job_id, lock=True)
             if job is None or job.status != JobStatus.PROCESSING or job.runs != claim.run:
+                # Another run holds the job; it completes from the same recorded result.
                 return
-            job.status = JobStatus.COMPLETED
-            job.finished_at = now
-            job.updated_at = now
-            job.lease_until = None
-            job.staged_key = outcome.key
-            job.model = outcome.model
-            job.prediction_id = outcome.prediction_id or job.prediction_id
-            job.duration_ms = duration_ms
-            add_event(
-                session,
-                ImageReady(
-                    image_id=event.image_id,
-                    user_id=event.user_id,
-                    attempt=event.attempt,
-                    staged_key=outcome.key,
-                    content_type="image/jpeg",
-                    size_bytes=outcome.size,
-                    backend=claim.backend,
-                    model=outcome.model,
-                    duration_ms=duration_ms,
-                    cost_usd=outcome.cost_usd,
-                ),
-                producer=PRODUCER,
-                correlation_id=envelope.correlation_id,
-            )
+            if await jobs.is_cancelled(event.image_id):
+                # Checked with the job locked: a deletion committed before this point wins.
+                _mark_deleted(job, now)
+                deleted = True
+            else:
+                job.status = JobStatus.COMPLETED
+                job.finished_at = now
+                job.updated_at = now
+                job.lease_until = None
+                job.staged_key = outcome.key
+                job.result_key = outcome.key
+                job.size_bytes = outcome.size
+                job.model = outcome.model
+                job.cost_usd = outcome.cost_usd
+                job.prediction_id = outcome.prediction_id or job.prediction_id
+                job.duration_ms = duration_ms
+                add_event(
+                    session,
+                    ImageReady(
+                        image_id=event.image_id,
+                        user_id=event.user_id,
+                        attempt=event.attempt,
+                        staged_key=outcome.key,
+                        content_type="image/jpeg",
+                        size_bytes=outcome.size,
+                        backend=claim.backend,
+                        model=outcome.model,
+                        duration_ms=duration_ms,
+                        cost_usd=outcome.cost_usd,
+                    ),
+                    producer=PRODUCER,
+                    correlation_id=envelope.correlation_id,
+                )
+        if deleted:
+            await self._discard(outcome.key)
+            return
         self.runtime.relay.wake()
+
+    async def _stop_deleted(self, claim: Claim) -> None:
+        """Finish a job whose image was deleted, without a word to projects."""
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            job = await JobRepository(session).get(claim.job_id, lock=True)
+            if job is not None and job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
+                _mark_deleted(job, datetime.now(UTC))
 
     async def _release(self, claim: Claim, *, keep_prediction: bool) -> None:
         """Hand the job back so a retry (or another worker) can take it at once."""
@@ -412,12 +601,19 @@ class JobRunner:
         event = envelope.data
         now = datetime.now(UTC)
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            job: Job = await JobRepository(session).ensure(
-                event.image_id, event.user_id, event.attempt, event.model_dump(mode="json")
+            jobs = JobRepository(session)
+            job: Job = await jobs.ensure(
+                event.image_id,
+                event.user_id,
+                event.attempt,
+                ImageQueued.model_validate(event.model_dump()).model_dump(mode="json"),
             )
             if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
                 return
             if run is not None and job.runs != run:
+                return
+            if await jobs.is_cancelled(event.image_id):
+                _mark_deleted(job, now)
                 return
             job.status = JobStatus.FAILED
             job.error = reason
@@ -439,8 +635,46 @@ class JobRunner:
         self.runtime.relay.wake()
 
     async def give_up(self, envelope: Envelope[ImageQueued], reason: str) -> None:
-        """After the last retry: fail the image with a reason."""
+        """After the last retry: fail the image with a reason (raises if the database is away)."""
         await self.fail(envelope, f"Staging failed after several attempts ({reason[:200]}).")
+
+
+def _mark_deleted(job: Job, now: datetime) -> None:
+    job.status = JobStatus.FAILED
+    job.error = DELETED_REASON
+    job.finished_at = now
+    job.updated_at = now
+    job.lease_until = None
+
+
+class Cancellations:
+    """Deleted images: their work stops and every staged photo of theirs is removed."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def forget_images(self, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        """Cancel pending work of deleted images and remove their stored photos."""
+        event = envelope.data
+        ids: list[uuid.UUID] = (
+            [event.image_id] if isinstance(event, ImageDeleted) else list(event.image_ids)
+        )
+        jobs = JobRepository(session)
+        await jobs.cancel(ids)
+        # Failing the unfinished jobs fences out a worker mid-job: its next fenced write fails
+        # and it removes whatever it stored.
+        await jobs.stop(ids, DELETED_REASON, datetime.now(UTC))
+        keys: set[str] = set(event.keys)
+        prefixes = {image_prefix(event.user_id, i) for i in ids}
+        for job in await jobs.for_images(ids):
+            keys.update(k for k in (job.staged_key, job.result_key) if k)
+            prefixes.add(image_prefix(job.user_id, job.image_id))
+        for prefix in sorted(prefixes):
+            # Every run and attempt, recorded or not (a crashed worker's object too).
+            keys.update(obj.key for obj in await self.storage.list(prefix))
+        # Removal is idempotent: if it fails, the transaction rolls back and the retry removes
+        # whatever is left.
+        await self.storage.remove(*sorted(keys))
 
 
 async def retry_failed_job(

@@ -39,6 +39,16 @@ class StagingSettings(ServiceSettings, S3Settings):
     disclosure_mark: bool = True
     disclosure_text: str = "Virtually staged"
 
+    job_lease_margin_seconds: float = 30.0
+    job_stale_seconds: float = 600.0
+    job_deadline_seconds: float = 24 * 3600.0
+    reconcile_batch: int = 200
+    orphan_grace_seconds: float = 24 * 3600.0
+    sweep_interval_seconds: float = 3600.0
+    sweep_batch: int = 1000
+    job_retention_seconds: float = 90 * 24 * 3600.0
+    cancellation_retention_seconds: float = 30 * 24 * 3600.0
+
     remote_input_max_side: int = 1536
     remote_input_max_bytes: int = 4 * 1024 * 1024
     remote_output_max_bytes: int = 40 * 1024 * 1024
