@@ -2,18 +2,17 @@
 
 One durable topic exchange carries every event, with the event name as routing key. Each
 consumer owns a durable quorum queue named `<service>.<purpose>`, plus a dead-letter queue
-`<queue>.dlq` and delay queues `<queue>.retry.<n>` whose messages return to the main queue
-through the default exchange when their TTL runs out.
+`<queue>.dlq` and delay queues `<queue>.delay.<ms>` whose messages return to the main queue
+through the default exchange when their TTL runs out. Delays come from each service's settings,
+not from here: a delay queue is named by its delay because RabbitMQ refuses to redeclare a queue
+with other arguments.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EXCHANGE = "realstaging.events"
-
-RETRY_DELAYS_MS: tuple[int, ...] = (1_000, 5_000, 30_000, 120_000)
-"""Growing delays between redeliveries of a failing message; then it is parked."""
 
 
 @dataclass(frozen=True)
@@ -22,16 +21,23 @@ class QueueSpec:
 
     name: str
     routing_keys: tuple[str, ...]
-    retry_delays_ms: tuple[int, ...] = field(default=RETRY_DELAYS_MS)
 
     @property
     def dead_letter(self) -> str:
         """Where messages go after their last retry, with the reason in headers."""
         return f"{self.name}.dlq"
 
-    def retry_queue(self, attempt: int) -> str:
-        """The delay queue for retry number `attempt` (1-based)."""
-        return f"{self.name}.retry.{attempt}"
+    def delay_queue(self, delay_ms: int) -> str:
+        """The queue where a message waits `delay_ms` before returning to this queue."""
+        return f"{self.name}.delay.{delay_ms}"
+
+
+def spec_for(queue: str) -> QueueSpec | None:
+    """The spec of a main queue or of its dead-letter queue, if it is one of ours."""
+    for spec in ALL_QUEUES:
+        if queue in (spec.name, spec.dead_letter):
+            return spec
+    return None
 
 
 BILLING_USERS = QueueSpec("billing.users", ("user.created",))

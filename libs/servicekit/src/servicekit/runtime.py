@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,11 +19,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts.events import Envelope, Event
 from contracts.identity import REQUEST_ID_HEADER
+from contracts.topology import ALL_QUEUES, QueueSpec
 from servicekit.db import create_engine, create_sessionmaker, ping
+from servicekit.deadletters import refresh_gauge
 from servicekit.errors import error_body, install_error_handlers
 from servicekit.logs import configure_logging, request_id_var
-from servicekit.messaging import create_broker, declare_topology, outbox_publisher
+from servicekit.messaging import (
+    Consumer,
+    RetryPolicy,
+    create_broker,
+    declare_topology,
+    outbox_publisher,
+)
 from servicekit.outbox import OutboxRelay
 from servicekit.settings import ServiceSettings
 
@@ -32,6 +41,8 @@ logger = logging.getLogger(__name__)
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+E = TypeVar("E", bound=Event)
 
 
 class Runtime:
@@ -46,13 +57,38 @@ class Runtime:
         self.broker: RabbitBroker = create_broker(
             settings.amqp_url, prefetch=settings.consumer_prefetch, app_id=settings.service_name
         )
+        self.retry_policy = RetryPolicy.from_settings(settings)
         self.relay = OutboxRelay(
             self.sessionmaker,
             outbox_publisher(self.broker),
             poll_seconds=settings.outbox_poll_seconds,
+            listen_url=settings.database_url,
         )
         self.broker_ready = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
+        self.consumers: list[Consumer[Any]] = []
+
+    def consumer(
+        self,
+        spec: QueueSpec,
+        event_types: dict[str, type[E]],
+        handler: Callable[[Envelope[E]], Awaitable[None]],
+        *,
+        on_give_up: Callable[[Envelope[E], str], Awaitable[None]] | None = None,
+        is_transient: Callable[[BaseException], bool] | None = None,
+    ) -> Consumer[E]:
+        """Subscribe `handler` to `spec`'s queue with this service's retry policy."""
+        consumer = Consumer(
+            self.broker,
+            spec,
+            event_types,
+            handler,
+            on_give_up=on_give_up,
+            is_transient=is_transient,
+            policy=self.retry_policy,
+        )
+        self.consumers.append(consumer)
+        return consumer
 
     async def start_broker(self) -> None:
         """Connect, declare the topology and start consuming; retry until RabbitMQ answers."""
@@ -60,7 +96,7 @@ class Runtime:
         while True:
             try:
                 await self.broker.connect()
-                await declare_topology(self.broker)
+                await declare_topology(self.broker, ALL_QUEUES, self.retry_policy)
                 await self.broker.start()
             except asyncio.CancelledError:
                 raise
@@ -231,6 +267,7 @@ def create_service_app(
             await hook(runtime)
         runtime.spawn(runtime.start_broker(), "broker")
         runtime.spawn(_relay_when_ready(runtime), "outbox-relay")
+        runtime.spawn(_watch_dead_letters(runtime), "dead-letter-gauge")
         logger.info("%s started", settings.service_name)
         try:
             yield
@@ -260,3 +297,16 @@ def create_service_app(
 async def _relay_when_ready(runtime: Runtime) -> None:
     await runtime.broker_ready.wait()
     await runtime.relay.run()
+
+
+async def _watch_dead_letters(runtime: Runtime) -> None:
+    """Keep the parked-messages gauge of this service's own queues fresh."""
+    await runtime.broker_ready.wait()
+    while True:
+        specs = tuple(c.spec for c in runtime.consumers)
+        if specs:
+            try:
+                await refresh_gauge(runtime.settings.amqp_url, specs)
+            except Exception as exc:
+                logger.warning("could not count parked messages: %s", exc)
+        await asyncio.sleep(runtime.settings.reconcile_interval_seconds)

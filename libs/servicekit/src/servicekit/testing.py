@@ -32,6 +32,8 @@ from contracts.identity import HEADER, Identity
 from contracts.topology import ALL_QUEUES
 from servicekit.cli import alembic_config
 from servicekit.identity import sign_identity
+from servicekit.messaging import DECLARED_DELAYS, RetryPolicy
+from servicekit.settings import ServiceSettings
 
 TEST_INTERNAL_SECRET = "test-internal-secret-0123456789-abcdefghijklmnop"
 
@@ -123,13 +125,21 @@ def infra() -> Iterator[InfraUrls]:
         yield urls
 
 
+def _known_delays() -> set[int]:
+    """Delays whose queues may hold messages: the defaults, the environment's, this process's."""
+    delays = set(RetryPolicy().delays_ms) | DECLARED_DELAYS
+    with contextlib.suppress(Exception):
+        delays |= set(RetryPolicy.from_settings(ServiceSettings(environment="test")).delays_ms)
+    return delays
+
+
 async def purge_topology(amqp_url: str) -> None:
-    """Empty every queue of the topology (and its retry and dead-letter queues)."""
+    """Empty every queue of the topology (and its delay and dead-letter queues)."""
+    delays = sorted(_known_delays())
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
         for spec in ALL_QUEUES:
-            names = [spec.name, spec.dead_letter]
-            names += [spec.retry_queue(i + 1) for i in range(len(spec.retry_delays_ms))]
+            names = [spec.name, spec.dead_letter, *(spec.delay_queue(d) for d in delays)]
             for name in names:
                 # A channel per queue: a missing queue closes the channel it was asked on.
                 channel = await connection.channel()

@@ -119,11 +119,12 @@ async def stream_ticket(user: CurrentUser, clients: ClientsDep) -> TicketOut:
 STREAM_DESCRIPTION = """Server-sent events with the caller's image status changes.
 
 Authenticate with `?ticket=` (from `POST /v1/events/ticket`; each ticket opens one stream) or
-an `Authorization: Bearer` header. A new stream starts with a `snapshot` event (the caller's
-images still in progress and the current event id); then every change arrives as an
-`image.status` event whose `id:` is its position. To resume without loss, reconnect with that
-id in the `Last-Event-ID` header (or `?last_event_id=`, for a new `EventSource`). A `: ping`
-comment keeps idle connections open."""
+an `Authorization: Bearer` header. A new stream starts with a `snapshot` event: `images`, the
+caller's images still in progress, and `recent`, those finished lately (both as projects knows
+them; `source` is `log` when projects could not answer), and `last_event_id`; then every
+change arrives as an `image.status` event whose `id:` is its position. To resume without
+loss, reconnect with that id in the `Last-Event-ID` header (or `?last_event_id=`, for a new
+`EventSource`). A `: ping` comment keeps idle connections open."""
 
 
 @router.get(
@@ -148,7 +149,9 @@ async def events(
     if last_event_id_header is not None and last_event_id_header.strip().isdigit():
         resume = int(last_event_id_header.strip())
     settings = clients.settings
-    stream = EventStream(clients.live, runtime.sessionmaker, settings, user_id, resume)
+    stream = EventStream(
+        clients.live, runtime.sessionmaker, settings, user_id, resume, clients.projects_view
+    )
     try:
         # Fix the starting point before the client sees a 200: whatever happens after the
         # response starts is then streamed, never folded unseen into the snapshot.

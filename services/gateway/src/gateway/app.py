@@ -18,7 +18,7 @@ from contracts.identity import REQUEST_ID_HEADER
 from gateway.api import dev_router, proxy_router, router
 from gateway.consumers import bind_live_updates, register_consumers
 from gateway.deps import GatewayClients
-from gateway.live import close_on_signals
+from gateway.live import LiveReconciler, close_on_signals
 from gateway.openapi import PublicOpenApi
 from gateway.proxy import is_forwarded, is_public
 from gateway.repository import ImageEventRepository, RateLimitRepository, StreamTicketRepository
@@ -50,6 +50,11 @@ class Lifecycle:
         if self._queue is not None:
             runtime.spawn(bind_live_updates(runtime, self.clients.live, self._queue), "sse-bind")
         runtime.spawn(self._maintain(runtime), "maintenance")
+        live = LiveReconciler(
+            self.clients.live, runtime.sessionmaker, self.clients.projects_view, self.settings
+        )
+        runtime.spawn(live.run_reconcile(), "live-reconcile")
+        runtime.spawn(live.run_wake(), "live-wake")
         if self.openapi is not None:
             runtime.spawn(self.openapi.run(), "openapi-refresh")
         self._undo_signals = close_on_signals(self.clients.live)

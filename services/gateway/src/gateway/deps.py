@@ -20,7 +20,7 @@ from gateway.auth import (
     TokenVerifier,
 )
 from gateway.devissuer import DevIssuer
-from gateway.live import LiveHub
+from gateway.live import LiveHub, ProjectsView
 from gateway.models import User
 from gateway.proxy import Forwarder
 from gateway.settings import GatewaySettings
@@ -39,6 +39,7 @@ class GatewayClients:
         self.live = LiveHub(
             queue_size=settings.sse_queue_size, max_per_user=settings.sse_max_streams_per_user
         )
+        self.projects_view = ProjectsView(self.forwarder, settings)
         self.dev_issuer: DevIssuer | None = None
         self._verifier: TokenVerifier | None = None
 

@@ -6,6 +6,14 @@ of that user connected to it. A woken stream reads the user's rows after its cur
 database, so it sends them in id order, without gaps or duplicates, whichever replica recorded
 them and in whatever order this replica heard of them. A resumed stream (`Last-Event-ID`)
 replays from the same table, so reconnecting to any replica misses nothing.
+
+The log can miss an event (a replica's queue exists only while it runs), so it is not the
+truth: a new stream's snapshot is what projects says about the user's images, merged over the
+log, and a reconciler asks projects about images the log has believed unfinished for too long.
+Whatever projects knows better is recorded in the log as a correction (an event id derived
+from the image, attempt and status, so every replica records it once) and streamed like any
+event; images projects no longer has are forgotten. Each replica also wakes its streams for
+rows another replica recorded, so a correction reaches every open stream without a reconnect.
 """
 
 from __future__ import annotations
@@ -14,19 +22,23 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import signal
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from contracts.enums import IMAGE_STATUS_RANK, ImageStatus
+from contracts.enums import ImageStatus, Role
 from contracts.events import (
     IMAGE_STATUS_EVENTS,
     Envelope,
@@ -36,10 +48,14 @@ from contracts.events import (
     ImageQueued,
     ImageReady,
 )
-from gateway.repository import ImageEventRepository
+from contracts.identity import Identity
+from gateway.proxy import PROJECTS, Forwarder
+from gateway.repository import STATUS_ORDER, ImageEventRepository
 from gateway.settings import GatewaySettings
 from servicekit.db import unit_of_work
 from servicekit.errors import ServiceError, Unavailable
+from servicekit.logs import request_id_var
+from servicekit.periodic import run_once
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +63,12 @@ STATUS_EVENT = "image.status"
 SNAPSHOT_EVENT = "snapshot"
 _CLOSE = -1
 """Queue item that tells a stream to end (the replica is shutting down)."""
+UNFINISHED = frozenset({ImageStatus.QUEUED.value, ImageStatus.PROCESSING.value})
+CORRECTIONS = uuid.UUID("6c1f8a52-3a0e-4a43-9d8e-5b7f0f2a6e11")
+"""Namespace of correction event ids: one id per image, attempt and status."""
+RECONCILE_TASK = "gateway.live-reconcile"
+IDS_PER_REQUEST = 100
+"""Image ids per request to projects (keeps the URL short)."""
 
 
 class TooManyStreams(ServiceError):
@@ -81,6 +103,7 @@ class LiveHub:
     order: asyncio.Lock = field(default_factory=asyncio.Lock)
     closing: bool = False
     _subs: dict[uuid.UUID, set[Subscription]] = field(default_factory=dict)
+    _woken: dict[uuid.UUID, int] = field(default_factory=dict)
 
     def subscribe(self, user_id: uuid.UUID) -> Subscription:
         """Register a stream for `user_id` (before it reads the database, so nothing slips by)."""
@@ -100,9 +123,23 @@ class LiveHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.user_id]
+                self._woken.pop(sub.user_id, None)
+
+    def users(self) -> list[uuid.UUID]:
+        """Users with a stream on this replica."""
+        return list(self._subs)
+
+    def wake_up_to(self, user_id: uuid.UUID, event_row_id: int) -> bool:
+        """Wake the user's streams for `event_row_id` unless they were woken for it already."""
+        if user_id not in self._subs or event_row_id <= self._woken.get(user_id, 0):
+            return False
+        self.publish(user_id, event_row_id)
+        return True
 
     def publish(self, user_id: uuid.UUID, event_row_id: int) -> None:
         """Wake the user's streams on this replica; a stream whose queue is full is dropped."""
+        if user_id in self._subs:
+            self._woken[user_id] = max(event_row_id, self._woken.get(user_id, 0))
         for sub in list(self._subs.get(user_id, ())):
             try:
                 sub.queue.put_nowait(event_row_id)
@@ -164,10 +201,185 @@ async def record_status(
             user_id=event.user_id,
             image_id=event.image_id,
             status=status.value,
-            rank=IMAGE_STATUS_RANK[status],
             attempt=event.attempt,
             payload=payload,
         )
+
+
+def order_key(payload: dict[str, Any]) -> tuple[int, int]:
+    """Where a status payload stands in its image's life: attempt, then status order."""
+    return int(payload["attempt"]), STATUS_ORDER[str(payload["status"])]
+
+
+def correction_id(payload: dict[str, Any]) -> uuid.UUID:
+    """The event id of a correction: the same on every replica for the same state."""
+    return uuid.uuid5(
+        CORRECTIONS, f"{payload['image_id']}:{payload['attempt']}:{payload['status']}"
+    )
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What projects says about some of a user's images (their status payloads by id)."""
+
+    images: dict[uuid.UUID, dict[str, Any]]
+    complete: bool
+
+    def absent(self, asked: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Asked-for images projects does not have (deleted); none if the answer was cut short."""
+        return [i for i in asked if i not in self.images] if self.complete else []
+
+
+def truth_payload(item: dict[str, Any]) -> dict[str, Any]:
+    """The status payload of an image as projects reports it (same shape as an event's)."""
+    status = ImageStatus(item["status"])
+    payload: dict[str, Any] = {
+        "image_id": str(uuid.UUID(str(item["id"]))),
+        "status": status.value,
+        "attempt": int(item["attempt"]),
+        "staged": status is ImageStatus.READY,
+        "occurred_at": str(item["updated_at"]),
+    }
+    if status is ImageStatus.ERROR:
+        payload["error"] = item.get("error")
+    return payload
+
+
+class ProjectsView:
+    """Reads the owner's truth about a user's images from projects, with a signed identity.
+
+    After a failure it does not ask again for a short while, so an outage of projects does not
+    make every new stream wait for the timeout.
+    """
+
+    def __init__(self, forwarder: Forwarder, settings: GatewaySettings) -> None:
+        self.forwarder = forwarder
+        self.settings = settings
+        self._quiet_until = 0.0
+
+    async def images(
+        self,
+        user_id: uuid.UUID,
+        *,
+        ids: Collection[uuid.UUID] = (),
+        updated_since: datetime | None = None,
+    ) -> Truth | None:
+        """The user's unfinished images, those changed since, and those asked for; None if away."""
+        if time.monotonic() < self._quiet_until:
+            return None
+        identity = Identity(user_id=user_id, role=Role.USER, request_id=request_id_var.get() or "")
+        wanted = list(ids)
+        chunks = [wanted[i : i + IDS_PER_REQUEST] for i in range(0, len(wanted), IDS_PER_REQUEST)]
+        images: dict[uuid.UUID, dict[str, Any]] = {}
+        complete = True
+        for chunk in chunks or [[]]:
+            params: list[tuple[str, str]] = [("limit", str(self.settings.live_snapshot_limit))]
+            params += [("image_id", str(i)) for i in chunk]
+            if updated_since is not None:
+                params.append(("updated_since", updated_since.isoformat()))
+            body = await self.forwarder.get_json(
+                PROJECTS,
+                "/v1/live/images?" + urlencode(params),
+                identity,
+                within_seconds=self.settings.live_snapshot_timeout_seconds,
+            )
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("no answer")
+                for item in body["items"]:
+                    payload = truth_payload(item)
+                    images[uuid.UUID(payload["image_id"])] = payload
+                complete = complete and bool(body["complete"])
+            except (ValueError, KeyError, TypeError):
+                self._quiet_until = time.monotonic() + self.settings.live_projects_backoff_seconds
+                return None
+        return Truth(images, complete)
+
+
+@dataclass
+class Merged:
+    """A snapshot merged from projects' truth and the log, and what the log should learn."""
+
+    images: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+    corrections: list[uuid.UUID]
+    gone: list[uuid.UUID]
+
+
+def merge_snapshot(
+    log: Sequence[dict[str, Any]], truth: Truth | None, asked: Collection[uuid.UUID]
+) -> Merged:
+    """Merge projects' truth over the log's latest payloads (the log alone when truth is None).
+
+    The later state of an image wins, so a status the log heard before projects applied it is
+    kept; on a tie projects wins. An image projects does not return is dropped when its answer
+    is complete (it was deleted, or finished before the window), else the log's state stands.
+    """
+    by_image = {uuid.UUID(str(p["image_id"])): p for p in log}
+    if truth is None:
+        unfinished = [p for p in log if p["status"] in UNFINISHED]
+        return Merged(images=unfinished, recent=[], corrections=[], gone=[])
+    result: dict[uuid.UUID, dict[str, Any]] = {}
+    corrections: list[uuid.UUID] = []
+    for image_id, told in truth.images.items():
+        heard = by_image.get(image_id)
+        if heard is not None and order_key(heard) > order_key(told):
+            result[image_id] = heard
+        else:
+            result[image_id] = told
+            if heard is None or order_key(told) > order_key(heard):
+                corrections.append(image_id)
+    if not truth.complete:
+        for image_id, heard in by_image.items():
+            result.setdefault(image_id, heard)
+    ordered = sorted(result.values(), key=lambda p: str(p["occurred_at"]))
+    return Merged(
+        images=[p for p in ordered if p["status"] in UNFINISHED],
+        recent=[p for p in ordered if p["status"] not in UNFINISHED],
+        corrections=corrections,
+        gone=truth.absent(asked),
+    )
+
+
+async def heal(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    hub: LiveHub,
+    user_id: uuid.UUID,
+    truth: Truth,
+    *,
+    record: Iterable[uuid.UUID],
+    gone: Sequence[uuid.UUID],
+) -> int:
+    """Record projects' state of `record` images as corrections and forget `gone` ones.
+
+    A correction that is not ahead of what the log holds is refused like any stale event.
+    Returns how many corrections were new; the user's streams on this replica are woken.
+    """
+    recorded: list[int] = []
+    async with unit_of_work(sessionmaker) as session:
+        repo = ImageEventRepository(session)
+        before = await repo.last_id(user_id)
+        for image_id in record:
+            payload = truth.images.get(image_id)
+            if payload is None:
+                continue
+            row = await repo.record(
+                event_id=correction_id(payload),
+                user_id=user_id,
+                image_id=image_id,
+                status=str(payload["status"]),
+                attempt=int(payload["attempt"]),
+                payload=payload,
+            )
+            if row is not None and row > before:
+                recorded.append(row)
+        forgotten = await repo.forget(user_id, gone) if gone else 0
+    if recorded:
+        logger.info("live updates of user %s: %d corrected from projects", user_id, len(recorded))
+        hub.publish(user_id, max(recorded))
+    if forgotten:
+        logger.info("live updates of user %s: %d deleted images forgotten", user_id, len(gone))
+    return len(recorded)
 
 
 def sse(data: Any, *, event: str | None = None, event_id: int | None = None) -> str:
@@ -191,12 +403,14 @@ class EventStream:
         settings: GatewaySettings,
         user_id: uuid.UUID,
         last_event_id: int | None,
+        projects: ProjectsView | None = None,
     ) -> None:
         self.hub = hub
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.user_id = user_id
         self.last_event_id = last_event_id
+        self.projects = projects
         self.cursor = 0
         self._prepared: str | None = None
         # Subscribe before anything is read, so an event recorded meanwhile still wakes us.
@@ -239,6 +453,7 @@ class EventStream:
 
     async def _start(self) -> str | None:
         """A snapshot for a new stream; nothing for a resumed one."""
+        now = datetime.now(UTC)
         async with unit_of_work(self.sessionmaker) as session:
             repo = ImageEventRepository(session)
             # An id from the future (the table was reset) cannot be resumed from.
@@ -246,10 +461,41 @@ class EventStream:
                 self.cursor = self.last_event_id
                 return None
             self.cursor = await repo.last_id(self.user_id)
-            since = datetime.now(UTC) - timedelta(hours=self.settings.image_events_retention_hours)
-            images = await repo.unfinished(self.user_id, up_to=self.cursor, since=since)
+            since = now - timedelta(hours=self.settings.image_events_retention_hours)
+            log = await repo.latest(self.user_id, up_to=self.cursor, since=since)
+        asked = [uuid.UUID(str(p["image_id"])) for p in log if p["status"] in UNFINISHED]
+        asked = asked[-self.settings.live_snapshot_limit :]
+        truth = None
+        if self.projects is not None:
+            truth = await self.projects.images(
+                self.user_id,
+                ids=asked,
+                updated_since=now - timedelta(seconds=self.settings.live_snapshot_recent_seconds),
+            )
+            if truth is None:
+                logger.warning(
+                    "projects did not answer; the snapshot of user %s comes from the log",
+                    self.user_id,
+                )
+        merged = merge_snapshot(log, truth, asked)
+        if truth is not None and (merged.corrections or merged.gone):
+            # The log learns what projects knows better: the corrections follow the snapshot
+            # as ordinary events (ids above the cursor), for this and every other stream.
+            await heal(
+                self.sessionmaker,
+                self.hub,
+                self.user_id,
+                truth,
+                record=merged.corrections,
+                gone=merged.gone,
+            )
         return sse(
-            {"images": list(images), "last_event_id": self.cursor},
+            {
+                "images": merged.images,
+                "recent": merged.recent,
+                "last_event_id": self.cursor,
+                "source": "log" if truth is None else "projects",
+            },
             event=SNAPSHOT_EVENT,
             event_id=self.cursor,
         )
@@ -267,6 +513,89 @@ class EventStream:
                 yield sse(payload, event=STATUS_EVENT, event_id=row_id)
             if len(rows) < batch:
                 return
+
+
+class LiveReconciler:
+    """Heals the log from projects: images it has believed unfinished for too long are asked
+    about (one replica a pass), and every replica wakes its streams for rows recorded elsewhere.
+    """
+
+    def __init__(
+        self,
+        hub: LiveHub,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        projects: ProjectsView,
+        settings: GatewaySettings,
+    ) -> None:
+        self.hub = hub
+        self.sessionmaker = sessionmaker
+        self.projects = projects
+        self.settings = settings
+
+    async def reconcile_once(self) -> int:
+        """One pass: correct stale unfinished images from projects; how many were corrected."""
+        s = self.settings
+        now = datetime.now(UTC)
+
+        async def find(session: AsyncSession) -> Sequence[tuple[uuid.UUID, uuid.UUID]]:
+            return await ImageEventRepository(session).stale_unfinished(
+                older_than=now - timedelta(seconds=s.live_reconcile_stale_seconds),
+                since=now - timedelta(hours=s.image_events_retention_hours),
+                limit=s.live_reconcile_batch,
+            )
+
+        # Only the search runs under the pass lock: the calls to projects must not hold a
+        # transaction (and the per-user lock the consumers need) open.
+        found = await run_once(self.sessionmaker, RECONCILE_TASK, find)
+        stale = cast(Sequence[tuple[uuid.UUID, uuid.UUID]], found or [])
+        if not stale:
+            return 0
+        by_user: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        for user_id, image_id in stale:
+            by_user[user_id].append(image_id)
+        corrected = 0
+        for user_id, asked in by_user.items():
+            truth = await self.projects.images(user_id, ids=asked)
+            if truth is None:
+                logger.warning("projects did not answer; live reconcile waits for the next pass")
+                break
+            corrected += await heal(
+                self.sessionmaker,
+                self.hub,
+                user_id,
+                truth,
+                record=asked,
+                gone=truth.absent(asked),
+            )
+        return corrected
+
+    async def wake_once(self) -> int:
+        """Wake this replica's streams whose user has rows they were not woken for."""
+        users = self.hub.users()
+        if not users:
+            return 0
+        async with unit_of_work(self.sessionmaker) as session:
+            last = await ImageEventRepository(session).last_ids(users)
+        return sum(self.hub.wake_up_to(user_id, row_id) for user_id, row_id in last.items())
+
+    async def run_reconcile(self) -> None:
+        """Reconcile about every `reconcile_interval_seconds` until cancelled."""
+        interval = self.settings.reconcile_interval_seconds
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                await self.reconcile_once()
+            except Exception as exc:
+                logger.warning("live reconcile failed (will retry): %s", type(exc).__name__)
+
+    async def run_wake(self) -> None:
+        """Look for rows recorded elsewhere every `live_wake_interval_seconds` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.live_wake_interval_seconds)
+            try:
+                await self.wake_once()
+            except Exception as exc:
+                logger.warning("live wake-up check failed (will retry): %s", type(exc).__name__)
 
 
 class EventStreamResponse(StreamingResponse):

@@ -16,6 +16,9 @@ from gateway.models import ImageEvent, RateLimit, StreamTicket, User
 EVENT_LOCK_NAMESPACE = 0x5EE
 """First key of the per-user advisory lock that orders `image_events` ids."""
 
+STATUS_ORDER: dict[str, int] = {"queued": 0, "processing": 1, "error": 2, "ready": 3}
+"""Order of statuses within one attempt: `ready` may follow `error` (an admin retried the job)."""
+
 _RECORD_EVENT = text(
     """
     INSERT INTO image_events (user_id, image_id, event_id, status, attempt, payload)
@@ -25,13 +28,25 @@ _RECORD_EVENT = text(
         SELECT 1 FROM image_events
         WHERE image_id = CAST(:image_id AS uuid)
           AND (attempt > CAST(:attempt AS integer) OR (attempt = CAST(:attempt AS integer) AND
-               CASE status WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END
-               >= CAST(:rank AS integer)))
+               CASE status WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 WHEN 'error' THEN 2
+                           ELSE 3 END
+               >= CAST(:order AS integer)))
     )
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id
     """
 ).bindparams(bindparam("payload", type_=JSONB))
+
+_STALE_UNFINISHED = text(
+    """
+    SELECT e.user_id, e.image_id FROM image_events e
+    WHERE e.status IN ('queued', 'processing')
+      AND e.created_at >= :since AND e.created_at < :older_than
+      AND NOT EXISTS (SELECT 1 FROM image_events f WHERE f.image_id = e.image_id AND f.id > e.id)
+    ORDER BY e.created_at
+    LIMIT :limit
+    """
+)
 
 
 class UserRepository:
@@ -103,11 +118,13 @@ class ImageEventRepository:
         user_id: uuid.UUID,
         image_id: uuid.UUID,
         status: str,
-        rank: int,
         attempt: int,
         payload: dict[str, Any],
     ) -> int | None:
         """Insert the event or find the row another replica inserted; None when it is stale.
+
+        Stale means the image already has a later attempt, or a status of the same attempt that
+        is not before this one in `STATUS_ORDER`.
 
         The per-user lock makes ids commit in the order they are drawn for each user, so a
         stream that has read up to id N can never later see a committed row below N.
@@ -125,7 +142,7 @@ class ImageEventRepository:
                     "event_id": event_id,
                     "status": status,
                     "attempt": attempt,
-                    "rank": rank,
+                    "order": STATUS_ORDER[status],
                     "payload": payload,
                 },
             )
@@ -156,12 +173,12 @@ class ImageEventRepository:
             stmt = stmt.where(ImageEvent.user_id == user_id)
         return int(await self.session.scalar(stmt) or 0)
 
-    async def unfinished(
+    async def latest(
         self, user_id: uuid.UUID, *, up_to: int, since: datetime
     ) -> Sequence[dict[str, Any]]:
-        """Payloads of the user's images whose latest status (up to id `up_to`) is unfinished."""
+        """The latest payload (up to id `up_to`) of each of the user's images, in id order."""
         latest = (
-            select(ImageEvent.id, ImageEvent.status, ImageEvent.payload)
+            select(ImageEvent.id, ImageEvent.payload)
             .ext(distinct_on(ImageEvent.image_id))
             .where(
                 ImageEvent.user_id == user_id,
@@ -171,12 +188,35 @@ class ImageEventRepository:
             .order_by(ImageEvent.image_id, ImageEvent.id.desc())
             .subquery()
         )
-        rows = await self.session.execute(
-            select(latest.c.payload)
-            .where(latest.c.status.in_(("queued", "processing")))
-            .order_by(latest.c.id)
-        )
+        rows = await self.session.execute(select(latest.c.payload).order_by(latest.c.id))
         return [row.payload for row in rows]
+
+    async def stale_unfinished(
+        self, *, older_than: datetime, since: datetime, limit: int
+    ) -> Sequence[tuple[uuid.UUID, uuid.UUID]]:
+        """`(user_id, image_id)` of images whose latest event is unfinished and older than given."""
+        rows = await self.session.execute(
+            _STALE_UNFINISHED, {"older_than": older_than, "since": since, "limit": limit}
+        )
+        return [(row.user_id, row.image_id) for row in rows]
+
+    async def forget(self, user_id: uuid.UUID, image_ids: Sequence[uuid.UUID]) -> int:
+        """Delete the events of images that no longer exist; returns how many rows."""
+        result = await self.session.execute(
+            delete(ImageEvent).where(
+                ImageEvent.user_id == user_id, ImageEvent.image_id.in_(image_ids)
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def last_ids(self, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The highest event id of each of these users that has any."""
+        rows = await self.session.execute(
+            select(ImageEvent.user_id, func.max(ImageEvent.id))
+            .where(ImageEvent.user_id.in_(user_ids))
+            .group_by(ImageEvent.user_id)
+        )
+        return {row[0]: int(row[1]) for row in rows}
 
     async def prune(self, before: datetime) -> int:
         """Delete events older than `before`; returns how many."""

@@ -60,6 +60,14 @@ class GatewaySettings(ServiceSettings):
     sse_batch_size: int = Field(default=200, ge=1, le=5000)
     image_events_retention_hours: float = Field(default=24, gt=0)
     maintenance_interval_seconds: float = Field(default=300, gt=0)
+    # A new stream's snapshot and the live reconciler ask projects for the truth.
+    live_snapshot_timeout_seconds: float = Field(default=3, gt=0)
+    live_snapshot_recent_seconds: float = Field(default=600, ge=0)
+    live_snapshot_limit: int = Field(default=500, ge=1, le=1000)
+    live_reconcile_stale_seconds: float = Field(default=120, gt=0)
+    live_reconcile_batch: int = Field(default=200, ge=1, le=1000)
+    live_projects_backoff_seconds: float = Field(default=10, ge=0)
+    live_wake_interval_seconds: float = Field(default=5, gt=0)
 
     # Per-user limit on writes under `/v1`, shared by every replica through PostgreSQL.
     rate_limit_enabled: bool = True

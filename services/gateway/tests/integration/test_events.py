@@ -8,43 +8,30 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from faststream.rabbit import RabbitBroker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.events import Envelope, Event, ImageFailed, ImageProcessing, ImageReady
 from gateway import tickets
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from servicekit.db import create_engine
-from servicekit.messaging import EVENTS_EXCHANGE
-from servicekit.testing import TEST_INTERNAL_SECRET, wait_for
+from servicekit.testing import wait_for
 
-from .conftest import ServerThread, SseReader, wait_ready
+from .conftest import (
+    Journey,
+    ServerThread,
+    SseReader,
+    User,
+    connect,
+    settings_for,
+    sign_up,
+    summary,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def settings_for(infra: Any, database_url: str, key_dir: Path, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {
-        "environment": "development",
-        "database_url": database_url,
-        "amqp_url": infra.amqp_url,
-        "internal_secret": TEST_INTERNAL_SECRET,
-        "dev_key_path": key_dir / "dev-issuer.pem",
-        "public_url": "http://gw",
-        "projects_url": "http://127.0.0.1:9",
-        "billing_url": "http://127.0.0.1:9",
-        "staging_url": "http://127.0.0.1:9",
-        "upstream_connect_timeout_seconds": 0.5,
-        "sse_heartbeat_seconds": 0.5,
-        "openapi_refresh_seconds": 600,
-    }
-    values.update(overrides)
-    return GatewaySettings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +44,6 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, pool_size=2)
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keys")
 
 
 @pytest.fixture(scope="module")
@@ -78,105 +60,12 @@ async def replicas(
     return servers
 
 
-@pytest.fixture(scope="module")
-async def publisher(infra: Any) -> AsyncIterator[RabbitBroker]:
-    broker = RabbitBroker(infra.amqp_url)
-    await broker.connect()
-    await broker.declare_exchange(EVENTS_EXCHANGE)
-    yield broker
-    await broker.stop()
-
-
-class Journey:
-    """Publishes image status events as staging does."""
-
-    def __init__(self, broker: RabbitBroker, user_id: uuid.UUID) -> None:
-        self.broker = broker
-        self.user_id = user_id
-
-    async def send(self, event: Event, event_id: uuid.UUID | None = None) -> Envelope[Any]:
-        envelope = Envelope.wrap(event, producer="staging", correlation_id=f"c-{uuid.uuid4().hex}")
-        if event_id is not None:
-            envelope = envelope.model_copy(update={"event_id": event_id})
-        await self.broker.publish(
-            envelope.model_dump_json().encode(),
-            exchange=EVENTS_EXCHANGE,
-            routing_key=event.routing_key,
-            persist=True,
-            message_id=str(envelope.event_id),
-            content_type="application/json",
-        )
-        return envelope
-
-    async def processing(self, image: uuid.UUID, attempt: int = 1) -> Envelope[Any]:
-        return await self.send(
-            ImageProcessing(image_id=image, user_id=self.user_id, attempt=attempt, backend="local")
-        )
-
-    async def ready(self, image: uuid.UUID, attempt: int = 1) -> Envelope[Any]:
-        return await self.send(
-            ImageReady(
-                image_id=image,
-                user_id=self.user_id,
-                attempt=attempt,
-                staged_key=f"staged/{image}.jpg",
-                backend="local",
-            )
-        )
-
-    async def failed(self, image: uuid.UUID, reason: str = "Too dark.") -> Envelope[Any]:
-        return await self.send(ImageFailed(image_id=image, user_id=self.user_id, reason=reason))
-
-
-class User:
-    """A signed-in user of the gateway replicas."""
-
-    def __init__(self, token: str, user_id: uuid.UUID) -> None:
-        self.token = token
-        self.id = user_id
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def ticket(self, base_url: str) -> str:
-        async with httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post("/v1/events/ticket", headers=self.auth)
-        assert response.status_code == 200, response.text
-        assert response.json()["expires_in"] == 60
-        return str(response.json()["ticket"])
-
-
 @pytest.fixture
 async def make_user(replicas: list[ServerThread]) -> Callable[[], Any]:
     async def make() -> User:
-        async with httpx.AsyncClient(base_url=replicas[0].url, timeout=10) as client:
-            sub = f"dev|{uuid.uuid4().hex[:12]}"
-            token = (await client.post("/v1/dev/token", json={"sub": sub})).json()["access_token"]
-            me = await client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
-            assert me.status_code == 200, me.text
-        return User(token, uuid.UUID(me.json()["id"]))
+        return await sign_up(replicas[0])
 
     return make
-
-
-async def connect(
-    sse: Callable[..., Any],
-    server: ServerThread,
-    user: User,
-    *,
-    last_event_id: str | None = None,
-) -> SseReader:
-    """Open a stream with a fresh ticket, as a browser would."""
-    params = {"ticket": await user.ticket(server.url)}
-    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
-    reader: SseReader = await sse(f"{server.url}/v1/events", params=params, headers=headers)
-    assert reader.response.status_code == 200, reader.response.text
-    return reader
-
-
-def summary(reader: SseReader) -> list[tuple[str, str]]:
-    return [(e.data["image_id"], e.data["status"]) for e in reader.statuses]
 
 
 class TestLiveUpdates:

@@ -11,7 +11,16 @@ from starlette.requests import Request
 
 from contracts.events import Envelope, ImageFailed, ImageReady
 from gateway import ratelimit, tickets
-from gateway.live import LiveHub, TooManyStreams, sse, status_payload
+from gateway.live import (
+    LiveHub,
+    TooManyStreams,
+    Truth,
+    correction_id,
+    merge_snapshot,
+    sse,
+    status_payload,
+    truth_payload,
+)
 from gateway.openapi import merge
 from gateway.proxy import is_admin_prefix, is_forwarded, is_public
 from gateway.settings import GatewaySettings
@@ -52,6 +61,17 @@ class TestLiveHub:
             hub.subscribe(user)
         hub.subscribe(uuid.uuid4())
 
+    def test_a_user_is_woken_once_for_rows_recorded_elsewhere(self) -> None:
+        hub = LiveHub()
+        user = uuid.uuid4()
+        sub = hub.subscribe(user)
+        hub.publish(user, 5)
+        assert not hub.wake_up_to(user, 5)
+        assert hub.wake_up_to(user, 8)
+        assert not hub.wake_up_to(user, 8)
+        assert [sub.queue.get_nowait(), sub.queue.get_nowait()] == [5, 8]
+        assert not hub.wake_up_to(uuid.uuid4(), 1)
+
     def test_close_ends_streams_and_refuses_new_ones(self) -> None:
         hub = LiveHub()
         sub = hub.subscribe(uuid.uuid4())
@@ -59,6 +79,78 @@ class TestLiveHub:
         assert sub.dropped
         with pytest.raises(Unavailable):
             hub.subscribe(uuid.uuid4())
+
+
+def payload(image: uuid.UUID, status: str, attempt: int = 1, at: str = "1") -> dict[str, Any]:
+    return {"image_id": str(image), "status": status, "attempt": attempt, "occurred_at": at}
+
+
+class TestSnapshotMerge:
+    def test_projects_truth_replaces_what_the_log_missed(self) -> None:
+        stuck, gone, fine = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        log = [payload(stuck, "processing"), payload(gone, "queued"), payload(fine, "queued")]
+        truth = Truth(
+            {stuck: payload(stuck, "ready", at="3"), fine: payload(fine, "queued", at="2")},
+            complete=True,
+        )
+        merged = merge_snapshot(log, truth, [stuck, gone, fine])
+        assert merged.images == [payload(fine, "queued", at="2")]
+        assert merged.recent == [payload(stuck, "ready", at="3")]
+        assert merged.corrections == [stuck]
+        assert merged.gone == [gone]
+
+    def test_a_status_projects_has_not_applied_yet_is_kept(self) -> None:
+        image = uuid.uuid4()
+        truth = Truth({image: payload(image, "processing")}, complete=True)
+        merged = merge_snapshot([payload(image, "ready")], truth, [])
+        assert merged.recent == [payload(image, "ready")]
+        assert merged.corrections == []
+
+    def test_ready_after_an_error_of_the_same_attempt_wins(self) -> None:
+        image = uuid.uuid4()
+        truth = Truth({image: payload(image, "ready")}, complete=True)
+        merged = merge_snapshot([payload(image, "error")], truth, [])
+        assert merged.recent == [payload(image, "ready")]
+        assert merged.corrections == [image]
+
+    def test_a_cut_short_answer_keeps_the_log_and_forgets_nothing(self) -> None:
+        image = uuid.uuid4()
+        merged = merge_snapshot([payload(image, "queued")], Truth({}, complete=False), [image])
+        assert merged.images == [payload(image, "queued")]
+        assert merged.gone == []
+
+    def test_without_projects_the_log_alone_gives_the_unfinished_images(self) -> None:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        merged = merge_snapshot([payload(a, "queued"), payload(b, "ready")], None, [a])
+        assert merged.images == [payload(a, "queued")]
+        assert merged.recent == merged.corrections == merged.gone == []
+
+    def test_projects_items_become_event_payloads(self) -> None:
+        image = uuid.uuid4()
+        item = {
+            "id": str(image),
+            "status": "error",
+            "attempt": 2,
+            "error": "Too dark.",
+            "has_staged": False,
+            "updated_at": "2026-12-01T00:00:00Z",
+        }
+        assert truth_payload(item) == {
+            "image_id": str(image),
+            "status": "error",
+            "attempt": 2,
+            "staged": False,
+            "occurred_at": "2026-12-01T00:00:00Z",
+            "error": "Too dark.",
+        }
+
+    def test_a_correction_has_one_id_per_state(self) -> None:
+        image = uuid.uuid4()
+        assert correction_id(payload(image, "ready")) == correction_id(
+            payload(image, "ready", at="9")
+        )
+        assert correction_id(payload(image, "ready")) != correction_id(payload(image, "error"))
+        assert correction_id(payload(image, "ready")) != correction_id(payload(image, "ready", 2))
 
 
 class TestEventFormat:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import zipstream
 from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy import or_, select
 
 from contracts.enums import ImageStatus
 from projects.deps import ServiceDep, SettingsDep, StorageDep
@@ -24,6 +25,8 @@ from projects.schemas import (
     ImageBatchCreate,
     ImageCreate,
     ImageOut,
+    LiveImageOut,
+    LiveImagesOut,
     Page,
     PresignRequest,
     ProjectCreate,
@@ -327,3 +330,37 @@ def unique_name(name: str, taken: set[str]) -> str:
 async def usage(who: CurrentIdentity, svc: ServiceDep) -> UsageOut:
     """This period's allowance and how much of it is used."""
     return await svc.usage(who)
+
+
+@router.get("/live/images", response_model=LiveImagesOut, include_in_schema=False)
+async def live_images(
+    who: CurrentIdentity,
+    svc: ServiceDep,
+    updated_since: datetime | None = None,
+    image_id: Annotated[list[uuid.UUID] | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> LiveImagesOut:
+    """The caller's images that are unfinished, changed since `updated_since`, or listed.
+
+    The gateway's live snapshot and reconciler read the truth here; an image asked for by id
+    and absent from a complete answer does not exist (it was deleted).
+    """
+    wanted = [Image.status.in_((ImageStatus.QUEUED, ImageStatus.PROCESSING))]
+    if updated_since is not None:
+        wanted.append(Image.updated_at >= updated_since)
+    if image_id:
+        wanted.append(Image.id.in_(image_id))
+    rows = (
+        await svc.session.scalars(
+            select(Image)
+            .where(Image.user_id == who.user_id, or_(*wanted))
+            .order_by(Image.updated_at.desc())
+            .limit(limit + 1)
+        )
+    ).all()
+    items = []
+    for image in rows[:limit]:
+        out = LiveImageOut.model_validate(image)
+        out.has_staged = image.staged_key is not None and image.status == ImageStatus.READY
+        items.append(out)
+    return LiveImagesOut(items=items, complete=len(rows) <= limit)

@@ -159,3 +159,23 @@ class ProjectSummary(BaseModel):
     image_count: int
     by_status: dict[str, int]
     total_cost_usd: Decimal
+
+
+class LiveImageOut(BaseModel):
+    """An image's current status, as the gateway's live updates show it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    status: ImageStatus
+    attempt: int
+    error: str | None
+    has_staged: bool = False
+    updated_at: datetime
+
+
+class LiveImagesOut(BaseModel):
+    """The caller's images in progress, changed lately or asked for; `complete` if none left out."""
+
+    items: list[LiveImageOut]
+    complete: bool
