@@ -7,7 +7,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.repository import AccountRepository
 from contracts.events import Envelope, UserCreated
 from contracts.topology import BILLING_USERS
-from servicekit.messaging import Consumer
 from servicekit.outbox import apply_once
 from servicekit.runtime import Runtime
 
@@ -23,4 +22,4 @@ def register(runtime: Runtime) -> None:
     async def on_user_created(envelope: Envelope[UserCreated]) -> None:
         await apply_once(runtime.sessionmaker, BILLING_USERS.name, envelope, remember_user)
 
-    Consumer(runtime.broker, BILLING_USERS, {UserCreated.routing_key: UserCreated}, on_user_created)
+    runtime.consumer(BILLING_USERS, {UserCreated.routing_key: UserCreated}, on_user_created)

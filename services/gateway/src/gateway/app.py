@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.rabbit import RabbitQueue
@@ -17,13 +17,14 @@ from starlette.middleware.cors import CORSMiddleware
 from contracts.identity import REQUEST_ID_HEADER
 from gateway.api import dev_router, proxy_router, router
 from gateway.consumers import bind_live_updates, register_consumers
-from gateway.deps import GatewayClients
+from gateway.deps import GatewayClients, admin_user
 from gateway.live import LiveReconciler, close_on_signals
 from gateway.openapi import PublicOpenApi
 from gateway.proxy import is_forwarded, is_public
 from gateway.repository import ImageEventRepository, RateLimitRepository, StreamTicketRepository
 from gateway.settings import GatewaySettings
 from servicekit.db import unit_of_work
+from servicekit.deadletters import admin_router as dead_letters_router
 from servicekit.runtime import Runtime, create_service_app
 from servicekit.settings import ServiceSettings
 
@@ -147,6 +148,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         internal=False,
     )
     mount_webapp(app, settings)
+    app.include_router(
+        dead_letters_router(dependencies=[Depends(admin_user)]), prefix="/v1/admin/dead-letters"
+    )
     app.state.gateway = clients
     app.state.lifecycle = lifecycle
     public_openapi = PublicOpenApi(

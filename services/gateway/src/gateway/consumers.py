@@ -25,7 +25,7 @@ from contracts.topology import GATEWAY_CUSTOMERS
 from gateway import service
 from gateway.live import STATUS_EVENT_TYPES, LiveHub, record_status
 from servicekit.logs import request_id_var
-from servicekit.messaging import EVENTS_EXCHANGE, Consumer, PermanentError
+from servicekit.messaging import EVENTS_EXCHANGE, PermanentError
 from servicekit.outbox import apply_once
 from servicekit.runtime import Runtime
 
@@ -146,8 +146,7 @@ async def bind_live_updates(runtime: Runtime, hub: LiveHub, queue: RabbitQueue) 
 
 def register_consumers(runtime: Runtime, hub: LiveHub | None = None) -> RabbitQueue | None:
     """Subscribe the gateway's handlers (called by the lifespan before the broker starts)."""
-    Consumer(
-        runtime.broker,
+    runtime.consumer(
         GATEWAY_CUSTOMERS,
         {CustomerLinked.routing_key: CustomerLinked},
         customer_linked_handler(runtime),

@@ -8,7 +8,6 @@ from typing import Any
 from contracts.events import Envelope, ImageFailed, ImageProcessing, ImageReady, SubscriptionUpdated
 from contracts.topology import PROJECTS_ENTITLEMENTS, PROJECTS_IMAGE_STATUS
 from projects.service import apply_entitlement, apply_status
-from servicekit.messaging import Consumer
 from servicekit.outbox import apply_once
 from servicekit.runtime import Runtime
 
@@ -27,8 +26,7 @@ def register(runtime: Runtime, *, bucket: str) -> None:
             runtime.sessionmaker, PROJECTS_ENTITLEMENTS.name, envelope, apply_entitlement
         )
 
-    Consumer(
-        runtime.broker,
+    runtime.consumer(
         PROJECTS_IMAGE_STATUS,
         {
             ImageProcessing.routing_key: ImageProcessing,
@@ -37,8 +35,7 @@ def register(runtime: Runtime, *, bucket: str) -> None:
         },
         on_status,
     )
-    Consumer(
-        runtime.broker,
+    runtime.consumer(
         PROJECTS_ENTITLEMENTS,
         {SubscriptionUpdated.routing_key: SubscriptionUpdated},
         on_entitlement,
