@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from urllib3.exceptions import HTTPError as StorageConnectionError
 
 from servicekit.logs import request_id_var
 
@@ -137,6 +138,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     @app.exception_handler(OSError)
+    # The S3 client (minio over urllib3) reports an unreachable server this way.
+    @app.exception_handler(StorageConnectionError)
     async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("dependency unavailable: %s", type(exc).__name__)
         return JSONResponse(
