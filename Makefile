@@ -22,7 +22,7 @@ typecheck: ## Type-check libs and services with mypy (strict)
 contact-sheet: ## Render the staging contact sheet to docs/images/contact-sheet.jpg
 	uv run python -m staging.contact_sheet --out docs/images/contact-sheet.jpg
 
-chaos: ## Kill services and cut the broker while 200 photos are staged; check every guarantee
+chaos: ## Kill services, cut the broker, take each dependency away past the retry ladder while 200 photos are staged; end with the audit
 	uv run python -m tests.chaos.run
 
 audit: ## Check the invariants of the stack `make up` runs (images, objects, usage, queues)

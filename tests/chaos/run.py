@@ -1,13 +1,16 @@
 """`make chaos`: photos in flight while services are SIGKILLed and the broker drops out.
 
-A seeded, bounded run on loopback. A stack of its own reaches PostgreSQL and RabbitMQ through TCP
+A seeded, bounded run on loopback. A stack of its own, on the scaled time configuration (retry
+ladder 0.2-2 s, reconcilers every second), reaches PostgreSQL, RabbitMQ and S3 through TCP
 proxies; while photos are uploaded and staged, one random service is killed and restarted every
-few seconds, and the RabbitMQ proxy is cut once for a few seconds (every connection drops, as in
-a broker restart; the machine's shared broker is never touched). Then it checks that every photo
-settles, that no attempt ran its job twice to completion, that usage counts are exact and that
-no message was dead-lettered, prints a summary, and exits non-zero on any violation.
+few seconds, the RabbitMQ proxy is cut once for a few seconds (every connection drops, as in a
+broker restart; the machine's shared servers are never touched), and each long outage asked
+for (the projects database, the staging database, the broker, S3) keeps its dependency away for
+longer than the whole retry ladder. Then it checks that every photo settles, that no attempt ran
+its job twice to completion, that usage counts are exact and that no message was dead-lettered,
+ends with the invariant audit, prints a summary, and exits non-zero on any violation.
 
-    uv run python -m tests.chaos.run [--photos 200] [--users 4] [--seed 7]
+    uv run python -m tests.chaos.run [--photos 200] [--users 4] [--seed 7] [--outage-seconds 8]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ if __package__ in (None, ""):
 
 from devstack.services import SERVICES
 from tests.support.stackkit import (
+    SCALED_LADDER,
+    SCALED_TIME,
     Api,
     ProxiedStack,
     dead_letter_counts,
@@ -43,6 +48,11 @@ from tests.support.stackkit import (
     jpeg,
     proxied_stack,
 )
+
+LONG_OUTAGES = ("projects", "staging", "amqp", "s3")
+"""What a long outage can take away: a service's database, the broker or S3."""
+AUDIT = {"unfinished_after_seconds": 30.0, "orphan_grace_seconds": 10.0}
+"""Audit windows on the scaled time configuration (settle requests start after 5 s)."""
 
 ROOMS = ("living_room", "bedroom", "kitchen", "office", "dining_room")
 STYLES = ("modern", "scandinavian", "industrial", "coastal", "rustic")
@@ -60,6 +70,10 @@ class Options:
     broker_cut_seconds: tuple[float, float] = (3.0, 6.0)
     settle_seconds: float = 180.0
     photo_size: tuple[int, int] = (480, 320)
+    long_outages: tuple[str, ...] = ()
+    """Dependencies to keep away for `outage_seconds` each, one at a time."""
+    outage_seconds: float = 8.0
+    """Longer than the scaled retry ladder (3.7 s), so today's give-up would have parked."""
 
 
 @dataclass
@@ -70,6 +84,7 @@ class Report:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     kills: Counter[str] = field(default_factory=Counter)
     broker_cuts: int = 0
+    outages: dict[str, float] = field(default_factory=dict)
     client_retries: int = 0
     chaos_seconds: float = 0.0
     settle_seconds: float | None = None
@@ -77,6 +92,8 @@ class Report:
     max_runs: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    audit: list[str] = field(default_factory=list)
+    audit_seconds: float | None = None
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -114,6 +131,13 @@ class Report:
                 + f" (total {self.total_kills})",
             ),
             ("broker cuts", str(self.broker_cuts)),
+            (
+                "long outages",
+                ", ".join(f"{k} {v:.1f} s" for k, v in self.outages.items())
+                + f" (retry ladder {sum(SCALED_LADDER):.1f} s)"
+                if self.outages
+                else "-",
+            ),
             ("client retries", str(self.client_retries)),
             ("chaos phase", f"{self.chaos_seconds:.1f} s"),
             (
@@ -129,6 +153,11 @@ class Report:
             (
                 "usage exact",
                 f"{sum(1 for u, n in self.usage.values() if u == n)}/{len(self.usage)} users",
+            ),
+            ("audit", self.audit[0] if self.audit else "-"),
+            (
+                "audit clean after",
+                "-" if self.audit_seconds is None else f"{self.audit_seconds:.1f} s",
             ),
             ("violations", str(len(self.violations))),
         ]
@@ -148,7 +177,7 @@ class Report:
 
 
 class Chaos(threading.Thread):
-    """Kills a random service every few seconds, and cuts the broker once."""
+    """Kills a random service every few seconds, cuts the broker once, and runs long outages."""
 
     def __init__(self, ps: ProxiedStack, opts: Options, report: Report, log: Any) -> None:
         super().__init__(name="chaos", daemon=True)
@@ -171,8 +200,15 @@ class Chaos(threading.Thread):
         started = time.monotonic()
         cut_at = started + self.rng.uniform(0.3, 0.6) * self.opts.min_chaos_seconds
         cut_done = False
+        # The long outages, in a seeded order, spread evenly over the chaos window.
+        outages = self.rng.sample(self.opts.long_outages, len(self.opts.long_outages))
+        step = self.opts.min_chaos_seconds / (len(outages) + 1)
+        due = [(started + step * (i + 0.5), kind) for i, kind in enumerate(outages)]
         bag: list[str] = []
         while not self.stop_event.wait(self.rng.uniform(*self.opts.kill_every)):
+            if due and time.monotonic() >= due[0][0]:
+                self._outage(due.pop(0)[1])
+                continue
             if not cut_done and time.monotonic() >= cut_at:
                 cut_done = True
                 self._cut_broker()
@@ -189,8 +225,25 @@ class Chaos(threading.Thread):
             # A crashed pod comes back after a moment.
             self.stop_event.wait(self.rng.uniform(0.2, 1.5))
             self._start(name)
+        for _, kind in due:
+            self._outage(kind)
         if not cut_done:
             self._cut_broker()
+
+    def _outage(self, kind: str) -> None:
+        seconds = self.opts.outage_seconds
+        self.log(f"long outage: {kind} away for {seconds:.1f} s")
+        proxy = self.ps.proxy(kind)
+        proxy.cut()
+        self.last_kill = time.monotonic()
+        try:
+            # The outage's length, not a wait for something to happen: it runs in full even
+            # when the photos are all in, so that its recovery is part of the run.
+            time.sleep(seconds)
+        finally:
+            proxy.restore()
+        self.report.outages[kind] = seconds
+        self.last_kill = time.monotonic()
 
     def _cut_broker(self) -> None:
         seconds = self.rng.uniform(*self.opts.broker_cut_seconds)
@@ -255,7 +308,7 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
     """Run the scenario on a stack of its own and return the report (never raises on checks)."""
     report = Report(photos_requested=opts.photos)
     infra = infra_from_env()
-    extra = {"GATEWAY_RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"}
+    extra = {**SCALED_TIME, "GATEWAY_RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"}
     with (
         tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
         proxied_stack(infra, Path(tmp), name="chaos", extra_env=extra) as ps,
@@ -345,10 +398,28 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
         missing = set(created) - set(report.images)
         for image_id in sorted(missing):
             report.violations.append(f"image {image_id} created but not listed")
+        _audit(ps, report, log)
         if not report.ok:
             log(f"service logs kept while the run lasts: {ps.stack.log_dir}")
             _copy_logs(ps)
     return report
+
+
+def _audit(ps: ProxiedStack, report: Report, log: Any) -> None:
+    """End with the invariant audit, repeated for a while: deletions and sweeps settle late."""
+    started = time.monotonic()
+    deadline = started + 30
+    while True:
+        audit = ps.audit(**AUDIT)
+        if audit.ok or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    report.audit = audit.lines()
+    for line in report.audit:
+        log(f"audit: {line}")
+    if audit.ok:
+        report.audit_seconds = time.monotonic() - started
+    report.violations += [f"audit: {v}" for v in audit.violations]
 
 
 def _copy_logs(ps: ProxiedStack) -> None:
@@ -452,13 +523,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--min-chaos-seconds", type=float, default=60.0)
     parser.add_argument("--settle-seconds", type=float, default=180.0)
+    parser.add_argument(
+        "--outages",
+        default=",".join(LONG_OUTAGES),
+        help=f"long outages to run, comma-separated from {','.join(LONG_OUTAGES)} ('' for none)",
+    )
+    parser.add_argument("--outage-seconds", type=float, default=8.0)
     args = parser.parse_args(argv)
+    outages = tuple(o for o in args.outages.split(",") if o)
+    unknown = set(outages) - set(LONG_OUTAGES)
+    if unknown:
+        parser.error(f"unknown outage(s): {', '.join(sorted(unknown))}")
     opts = Options(
         photos=args.photos,
         users=args.users,
         seed=args.seed,
         min_chaos_seconds=args.min_chaos_seconds,
         settle_seconds=args.settle_seconds,
+        long_outages=outages,
+        outage_seconds=args.outage_seconds,
     )
     started = time.monotonic()
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from servicekit.testing import InfraUrls
 from tests.chaos.run import Options, run_chaos
@@ -43,6 +40,7 @@ class TestChaos:
         print(report.summary())
         assert report.total_kills >= 3
         assert report.broker_cuts == 1
+        assert report.audit, "the run ends with the invariant audit"
         assert report.ok, report.summary()
 
     def test_staging_killed_mid_job_still_finishes(self, crash_stack: ProxiedStack) -> None:

@@ -1,14 +1,18 @@
 """Helpers for driving a whole stack from tests, the chaos run and benchmarks.
 
-`proxied_stack()` runs the four services against the shared PostgreSQL and RabbitMQ through
+`proxied_stack()` runs the four services against the shared PostgreSQL, RabbitMQ and S3 through
 `TcpProxy`s (so a test can cut them without touching the shared servers), on free ports, with
-throwaway databases and a private RabbitMQ virtual host. `Api` drives it through the gateway.
+throwaway databases and a private RabbitMQ virtual host. Each service reaches its own database
+through a proxy of its own, chained through the shared PostgreSQL proxy: cutting `db[service]`
+takes one database away, cutting `pg` takes them all. `Api` drives the stack through the gateway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import os
 import socket
 import time
@@ -23,12 +27,26 @@ import asyncpg
 import httpx
 
 from contracts.topology import ALL_QUEUES
-from devstack.services import SERVICES, Stack
+from devstack.audit import AuditOptions, AuditReport, AuditTarget, audit
+from devstack.services import SERVICES, Stack, db_names
 from servicekit.testing import InfraUrls, pinned_environment, private_vhost
 from tests.support.tcpproxy import TcpProxy
 
 ENVELOPE_KEYS = {"error", "message", "details", "request_id"}
 SETTLED = ("ready", "error")
+
+SCALED_LADDER = (0.2, 0.5, 1.0, 2.0)
+"""The retry ladder of the scaled time configuration (production: 1, 5, 30, 120 s)."""
+SCALED_TIME: dict[str, str] = {
+    "RETRY_DELAYS_SECONDS": json.dumps(list(SCALED_LADDER)),
+    # Long enough that an outage of a few times the ladder is retried, never parked.
+    "RETRY_MAX_AGE_SECONDS": "600",
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "PROJECTS_SETTLE_AFTER_SECONDS": "5",
+    "PROJECTS_GIVE_UP_AFTER_SECONDS": "180",
+    "STAGING_JOB_LEASE_SECONDS": "6",
+}
+"""Every duration the self-healing machinery uses, scaled down so outage tests take seconds."""
 
 
 def free_port() -> int:
@@ -63,15 +81,59 @@ def infra_from_env() -> InfraUrls:
 
 @dataclass
 class ProxiedStack:
-    """A running stack whose database and broker connections pass through cuttable proxies."""
+    """A running stack whose database, broker and S3 connections pass through cuttable proxies."""
 
     stack: Stack
     pg: TcpProxy
+    """Every service's database connections pass through this one."""
     amqp: TcpProxy
     pg_base_url: str
     """The database server, reached directly (not through the proxy)."""
     amqp_url: str
     """The stack's private virtual host, reached directly (not through the proxy)."""
+    s3: TcpProxy
+    s3_endpoint: str
+    """The S3 server, reached directly (not through the proxy)."""
+    s3_access_key: str
+    s3_secret_key: str
+    db: dict[str, TcpProxy]
+    """One proxy per service database, in front of `pg`."""
+
+    def proxy(self, name: str) -> TcpProxy:
+        """The proxy of `pg`, `amqp`, `s3` or a service's database (`projects`, `staging`...)."""
+        fixed = {"pg": self.pg, "amqp": self.amqp, "s3": self.s3}
+        return fixed[name] if name in fixed else self.db[name]
+
+    def restore_all(self) -> None:
+        """Forward every connection again."""
+        for proxy in (self.pg, self.amqp, self.s3, *self.db.values()):
+            proxy.restore()
+
+    def audit_target(self) -> AuditTarget:
+        """Where the audit reads this stack (directly, never through a proxy)."""
+        base = self.pg_base_url.rstrip("/")
+        return AuditTarget(
+            database_urls={svc: f"{base}/{db}" for svc, db in self.stack.db_names.items()},
+            amqp_url=self.amqp_url,
+            s3_endpoint=self.s3_endpoint,
+            s3_access_key=self.s3_access_key,
+            s3_secret_key=self.s3_secret_key,
+            gateway_url=self.gateway,
+        )
+
+    def audit(self, **options: Any) -> AuditReport:
+        """Run the invariant audit on this stack."""
+        return asyncio.run(audit(self.audit_target(), AuditOptions(**options)))
+
+    def wait_audit_clean(self, *, within: float = 30, **options: Any) -> AuditReport:
+        """Run the audit until it finds nothing (deletions settle asynchronously); else fail."""
+        deadline = time.monotonic() + within
+        while True:
+            report = self.audit(**options)
+            if report.ok or time.monotonic() > deadline:
+                assert report.ok, "\n".join(report.lines())
+                return report
+            time.sleep(1)
 
     def dsn(self, service: str) -> str:
         """An asyncpg DSN of a service's database, bypassing the proxy."""
@@ -93,43 +155,58 @@ def proxied_stack(
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 150,
 ) -> Iterator[ProxiedStack]:
-    """Start a stack behind PostgreSQL and RabbitMQ proxies; stop it and drop its data after."""
-    with (
-        private_vhost(infra.amqp_url) as amqp_url,
-        TcpProxy.for_url(infra.pg_base_url, name="postgresql") as pg,
-        TcpProxy.for_url(amqp_url, name="rabbitmq") as amqp,
-    ):
+    """Start a stack behind PostgreSQL, RabbitMQ and S3 proxies; stop it and drop its data after."""
+    with contextlib.ExitStack() as resources:
+        amqp_url = resources.enter_context(private_vhost(infra.amqp_url))
+        pg = resources.enter_context(TcpProxy.for_url(infra.pg_base_url, name="postgresql"))
+        amqp = resources.enter_context(TcpProxy.for_url(amqp_url, name="rabbitmq"))
+        s3 = resources.enter_context(TcpProxy.for_url(infra.s3_endpoint, name="s3"))
+        pg_via_proxy = pg.url(infra.pg_base_url)
+        db_prefix = f"rs_{name}_{uuid.uuid4().hex[:8]}"
+        names = db_names(db_prefix)
+        db: dict[str, TcpProxy] = {}
+        env = {"PROJECTS_FREE_MONTHLY_LIMIT": "100000"}
+        for svc in SERVICES:
+            # Chained through `pg`, so that cutting `pg` still takes every database away.
+            db[svc] = resources.enter_context(TcpProxy.for_url(pg_via_proxy, name=f"{svc}-db"))
+            env[f"{svc.upper()}_DATABASE_URL"] = f"{db[svc].url(pg_via_proxy)}/{names[svc]}"
+        env.update(extra_env or {})
         pinned = {
-            "DEVSTACK_PG_URL": pg.url(infra.pg_base_url),
+            "DEVSTACK_PG_URL": pg_via_proxy,
             "DEVSTACK_AMQP_URL": amqp.url(amqp_url),
-            "DEVSTACK_S3_ENDPOINT": infra.s3_endpoint,
+            # Presigned URLs then name the proxy's host: fine on loopback.
+            "DEVSTACK_S3_ENDPOINT": s3.url(infra.s3_endpoint),
             "DEVSTACK_S3_ACCESS_KEY": infra.s3_access_key,
             "DEVSTACK_S3_SECRET_KEY": infra.s3_secret_key,
         }
-        env = {"PROJECTS_FREE_MONTHLY_LIMIT": "100000", **(extra_env or {})}
-        with pinned_environment(pinned):
-            stack = Stack(
-                ports={svc: free_port() for svc in SERVICES},
-                db_prefix=f"rs_{name}_{uuid.uuid4().hex[:8]}",
-                drop_databases_on_exit=True,
-                state_dir=state_dir,
-                extra_env=env,
-                timeout=timeout,
-            )
-            try:
-                stack.start()
-                yield ProxiedStack(
-                    stack=stack,
-                    pg=pg,
-                    amqp=amqp,
-                    pg_base_url=infra.pg_base_url,
-                    amqp_url=amqp_url,
-                )
-            finally:
-                # The databases are dropped through the proxy: it must forward for that.
-                pg.restore()
-                amqp.restore()
-                stack.stop()
+        resources.enter_context(pinned_environment(pinned))
+        stack = Stack(
+            ports={svc: free_port() for svc in SERVICES},
+            db_prefix=db_prefix,
+            drop_databases_on_exit=True,
+            state_dir=state_dir,
+            extra_env=env,
+            timeout=timeout,
+        )
+        proxied = ProxiedStack(
+            stack=stack,
+            pg=pg,
+            amqp=amqp,
+            pg_base_url=infra.pg_base_url,
+            amqp_url=amqp_url,
+            s3=s3,
+            s3_endpoint=infra.s3_endpoint,
+            s3_access_key=infra.s3_access_key,
+            s3_secret_key=infra.s3_secret_key,
+            db=db,
+        )
+        try:
+            stack.start()
+            yield proxied
+        finally:
+            # The databases are dropped through the proxy: it must forward for that.
+            proxied.restore_all()
+            stack.stop()
 
 
 def jpeg(width: int = 640, height: int = 480, seed: int = 7) -> bytes:

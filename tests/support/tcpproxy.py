@@ -64,7 +64,13 @@ class TcpProxy:
     def for_url(cls, url: str, *, name: str = "proxy") -> TcpProxy:
         """A proxy in front of the host and port of `url` (not started)."""
         parts = urlsplit(url)
-        default = {"amqp": 5672, "postgresql": 5432, "postgresql+asyncpg": 5432}
+        default = {
+            "amqp": 5672,
+            "postgresql": 5432,
+            "postgresql+asyncpg": 5432,
+            "http": 80,
+            "https": 443,
+        }
         port = parts.port or default.get(parts.scheme, 80)
         return cls(parts.hostname or "127.0.0.1", port, name=name)
 
