@@ -15,7 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.enums import Role
+from contracts.identity import HEADER, Identity
 from devstack.services import Stack
+from servicekit.identity import sign_identity
 from servicekit.testing import wait_for
 from staging.backends.sample_room import sample_room
 
@@ -245,3 +248,62 @@ class TestInternalIdentity:
             assert checked >= 10
             plans = await client.get(f"{stack.url('billing')}/v1/plans")
             assert plans.status_code == 200
+
+
+class TestLiveHealing:
+    async def test_a_journey_missed_while_the_gateway_was_down_shows_in_a_new_stream(
+        self, stack: Stack
+    ) -> None:
+        gateway, projects = stack.url("gateway"), stack.url("projects")
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            auth = await sign_in(client, "carol")
+            user_id = uuid.UUID((await client.get("/v1/me", headers=auth)).json()["id"])
+            project = await client.post("/v1/projects", json={"name": "Oak Ave"}, headers=auth)
+            assert project.status_code == 201, project.text
+        secret = stack.env("projects")["INTERNAL_SECRET"]
+
+        def as_carol() -> dict[str, str]:
+            identity = Identity(user_id=user_id, role=Role.USER, request_id=uuid.uuid4().hex)
+            return {HEADER: sign_identity(identity, secret=secret, audience="projects")}
+
+        process = stack.process("gateway")
+        await asyncio.to_thread(process.stop)
+        try:
+            # The whole journey happens while no gateway replica listens for its events.
+            async with httpx.AsyncClient(base_url=projects, timeout=30) as direct:
+                upload = await direct.post(
+                    "/v1/uploads",
+                    files={"file": ("room.jpg", _jpeg(), "image/jpeg")},
+                    headers=as_carol(),
+                )
+                assert upload.status_code == 201, upload.text
+                created = await direct.post(
+                    f"/v1/projects/{project.json()['id']}/images",
+                    json={"key": upload.json()["key"], "room_type": "bedroom", "style": "modern"},
+                    headers=as_carol(),
+                )
+                assert created.status_code == 201, created.text
+                image_id = created.json()["id"]
+
+                async def ready() -> bool:
+                    image = await direct.get(f"/v1/images/{image_id}", headers=as_carol())
+                    return bool(image.json()["status"] == "ready")
+
+                await wait_for(ready, within=JOURNEY_SECONDS, interval=0.2)
+        finally:
+            await asyncio.to_thread(process.restart)
+            await asyncio.to_thread(process.wait_ready)
+
+        async with stream(gateway, auth) as live:
+            await wait_for(lambda: live.events)
+            snapshot = live.events[0]
+            assert snapshot["event"] == "snapshot"
+            assert snapshot["data"]["source"] == "projects"
+            assert snapshot["data"]["images"] == []
+            assert [(p["image_id"], p["status"]) for p in snapshot["data"]["recent"]] == [
+                (image_id, "ready")
+            ]
+            # The correction is in the gateway's log too, so clients that only read
+            # `image.status` (and later replays) see it.
+            await wait_for(lambda: settled(live, image_id))
+        assert [status for _, _, status in live.statuses(image_id)] == ["ready"]
