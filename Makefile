@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck contact-sheet chaos bench audit
+.PHONY: help up test lint format typecheck contact-sheet chaos bench audit dlq
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
@@ -30,3 +30,6 @@ audit: ## Check the invariants of the stack `make up` runs (images, objects, usa
 
 bench: ## Time 50 photos from creation to staged through a stack of its own
 	uv run python bench/stage_throughput.py
+
+dlq: ## Dead-letter queues: make dlq ARGS="list | show QUEUE --id ID | replay QUEUE --all | purge ..."
+	uv run python -m servicekit.deadletters $(ARGS)

@@ -10,9 +10,11 @@ services' metrics use the same code:
     uv run python -m servicekit.deadletters replay QUEUE (--id ID | --all)
     uv run python -m servicekit.deadletters purge QUEUE (--id ID | --all)
 
-Browsing takes messages without acking them and gives them back when its channel closes, so a
-failure half way (a publish refused, a lost connection) never loses a parked message; a replayed
-message is acked in the dead-letter queue only after its copy is confirmed in its own queue.
+Browsing takes messages without acking them and gives them back at the end (or when its channel
+closes), so a failure half way (a publish refused, a lost connection) never loses a parked
+message; a replayed message is acked in the dead-letter queue only after its copy is confirmed
+in its own queue. AMQP cannot peek: the messages a listing shows go back to the end of their
+quorum queue, and the queue's count lags such a hand-back by some milliseconds.
 """
 
 from __future__ import annotations
@@ -174,6 +176,30 @@ def replay_copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Messa
     )
 
 
+class _Browse:
+    """A dead-letter queue being looked through; remembers what it took."""
+
+    def __init__(
+        self,
+        channel: aio_pika.abc.AbstractChannel,
+        queue: aio_pika.abc.AbstractQueue,
+        count: int,
+        timeout: float,
+    ) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.count = count
+        self.timeout = timeout
+        self.taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def next(self) -> aio_pika.abc.AbstractIncomingMessage | None:
+        """The next message not yet seen, or None."""
+        message = await self.queue.get(no_ack=False, fail=False, timeout=self.timeout)
+        if message is not None:
+            self.taken.append(message)
+        return message
+
+
 class DeadLetters:
     """Operations on the topology's dead-letter queues over one AMQP connection."""
 
@@ -187,6 +213,7 @@ class DeadLetters:
         self.connection = connection
         self.specs = tuple(specs)
         self.timeout = timeout_seconds
+        self._channel: aio_pika.abc.AbstractChannel | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -202,33 +229,44 @@ class DeadLetters:
         async with connection:
             yield cls(connection, specs, timeout_seconds=timeout_seconds)
 
+    async def _channel_for_browsing(self) -> aio_pika.abc.AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        return self._channel
+
     @contextlib.asynccontextmanager
-    async def _browse(
-        self, spec: QueueSpec
-    ) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractQueue, int]]:
-        # A channel per operation: closing it hands back every message taken and not acked,
-        # and a missing queue closes only this channel.
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+    async def _browse(self, spec: QueueSpec) -> AsyncIterator[_Browse]:
+        # Messages are taken without ack and handed back (nack with requeue) at the end, on
+        # the same channel, so the next operation finds them in place; should anything fail,
+        # the channel closes and RabbitMQ hands them back all the same.
+        channel = await self._channel_for_browsing()
         try:
-            try:
-                queue = await channel.declare_queue(
-                    spec.dead_letter, passive=True, timeout=self.timeout
-                )
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                raise NotFound(f"{spec.dead_letter} does not exist yet.") from None
-            count = int(queue.declaration_result.message_count or 0)
-            yield channel, queue, count
-        finally:
-            if not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+            queue = await channel.declare_queue(
+                spec.dead_letter, passive=True, timeout=self.timeout
+            )
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise NotFound(f"{spec.dead_letter} does not exist yet.") from None
+        browse = _Browse(
+            channel, queue, int(queue.declaration_result.message_count or 0), self.timeout
+        )
+        try:
+            yield browse
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        for message in browse.taken:
+            if not message.processed:
+                await message.nack(requeue=True)
 
     async def count(self, queue: str) -> int:
         """How many messages are parked for `queue` (0 if its dead-letter queue is missing)."""
         spec = resolve(queue, self.specs)
         try:
-            async with self._browse(spec) as (_, _, count):
-                return count
+            async with self._browse(spec) as browse:
+                return browse.count
         except NotFound:
             return 0
 
@@ -247,24 +285,21 @@ class DeadLetters:
         """The size of `queue`'s dead-letter queue and its first `limit` messages."""
         spec = resolve(queue, self.specs)
         messages: list[ParkedMessageOut] = []
-        async with self._browse(spec) as (_, dlq, count):
-            for _ in range(min(limit, count)):
-                message = await dlq.get(no_ack=False, fail=False, timeout=self.timeout)
-                if message is None:
-                    break
+        async with self._browse(spec) as browse:
+            while len(messages) < limit and (message := await browse.next()) is not None:
                 messages.append(describe(message, spec))
         return DeadLetterPageOut(
-            queue=spec.name, dead_letter_queue=spec.dead_letter, count=count, messages=messages
+            queue=spec.name,
+            dead_letter_queue=spec.dead_letter,
+            count=browse.count,
+            messages=messages,
         )
 
     async def show(self, queue: str, message_id: str) -> ParkedMessageOut:
         """One parked message by id."""
         spec = resolve(queue, self.specs)
-        async with self._browse(spec) as (_, dlq, count):
-            for _ in range(count):
-                message = await dlq.get(no_ack=False, fail=False, timeout=self.timeout)
-                if message is None:
-                    break
+        async with self._browse(spec) as browse:
+            while (message := await browse.next()) is not None:
                 if message.message_id == message_id:
                     return describe(message, spec)
         raise NotFound(f"No parked message {message_id!r} in {spec.dead_letter}.")
@@ -272,22 +307,26 @@ class DeadLetters:
     async def replay(self, queue: str, message_id: str | None = None) -> int:
         """Send one parked message (or all) back to its queue; how many went."""
         spec = resolve(queue, self.specs)
+        started_ms = int(time.time() * 1000)
+        done: set[str | None] = set()
         replayed = 0
-        async with self._browse(spec) as (channel, dlq, count):
-            # Only what was parked when we started: a replayed message that fails again and
-            # comes back must not be replayed twice in one go.
-            for _ in range(count):
-                message = await dlq.get(no_ack=False, fail=False, timeout=self.timeout)
-                if message is None:
-                    break
+        async with self._browse(spec) as browse:
+            while (message := await browse.next()) is not None:
                 if message_id is not None and message.message_id != message_id:
                     continue
+                parked_at = (message.headers or {}).get(PARKED_AT)
+                if message.message_id in done or (
+                    isinstance(parked_at, int) and parked_at >= started_ms
+                ):
+                    # Replayed by this very call and parked again: once is enough.
+                    continue
                 # Confirmed in its queue before the parked copy goes: if this raises, the
-                # channel closes and the parked copy stays.
-                await channel.default_exchange.publish(
+                # parked copy stays.
+                await browse.channel.default_exchange.publish(
                     replay_copy(message), routing_key=spec.name, timeout=self.timeout
                 )
                 await message.ack()
+                done.add(message.message_id)
                 replayed += 1
                 if message_id is not None:
                     break
@@ -298,14 +337,11 @@ class DeadLetters:
     async def purge(self, queue: str, message_id: str | None = None) -> int:
         """Delete one parked message (or all); how many went."""
         spec = resolve(queue, self.specs)
-        async with self._browse(spec) as (_, dlq, count):
+        async with self._browse(spec) as browse:
             if message_id is None:
-                result = await dlq.purge(timeout=self.timeout)
+                result = await browse.queue.purge(timeout=self.timeout)
                 return int(getattr(result, "message_count", 0) or 0)
-            for _ in range(count):
-                message = await dlq.get(no_ack=False, fail=False, timeout=self.timeout)
-                if message is None:
-                    break
+            while (message := await browse.next()) is not None:
                 if message.message_id == message_id:
                     await message.ack()
                     return 1

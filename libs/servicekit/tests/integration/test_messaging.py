@@ -587,7 +587,7 @@ async def _idle(engine: AsyncEngine) -> bool:
     """Nothing pending in the outbox (the relay's first pass is done)."""
     async with engine.connect() as conn:
         pending = await conn.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
-    return pending == 0
+    return bool(pending == 0)
 
 
 async def _terminate_listener(engine: AsyncEngine) -> None:
