@@ -8,6 +8,7 @@ edits) per input, so a test can assert "one paid call".
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -228,6 +229,8 @@ class FakeOpenAI:
         self.outcome: Literal["succeed", "moderation", "server_error", "malformed"] = "succeed"
         self.rate_limits = 0
         self.retry_after = "1"
+        self.started = 0
+        self.delay_seconds = 0.0
 
     @property
     def edit_calls(self) -> int:
@@ -248,6 +251,11 @@ class FakeOpenAI:
         image = form.get("image")
         data = b"" if image is None or isinstance(image, str) else await image.read()
         fields = {k: v for k, v in form.items() if k != "image"}
+        with self.lock:
+            self.started += 1
+        if self.delay_seconds:
+            # A slow edit, so a test can disturb the worker while the paid call runs.
+            await asyncio.sleep(self.delay_seconds)
         with self.lock:
             self.requests.append({**fields, "image_type": getattr(image, "content_type", None)})
             if self.rate_limits > 0:

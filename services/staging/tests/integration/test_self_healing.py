@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy.exc
@@ -19,10 +21,12 @@ from sqlalchemy import select, text, update
 
 from contracts.enums import RoomType, Style
 from contracts.events import Envelope, ImageDeleted, ImageQueued, ImageSettle, parse_envelope
+from servicekit.messaging import EVENTS_EXCHANGE, create_broker
 from servicekit.outbox import OutboxMessage, apply_once
 from servicekit.runtime import Runtime
 from servicekit.storage import Storage
-from servicekit.testing import TEST_INTERNAL_SECRET, InfraUrls, wait_for
+from servicekit.testing import TEST_INTERNAL_SECRET, InfraUrls, running, wait_for
+from staging.app import create_app
 from staging.backends.base import (
     NO_OP_SUBMITTED,
     OnSubmitted,
@@ -459,6 +463,82 @@ class TestLostDelivery:
         await runner.handle(envelope)
         assert backend.calls == 1
         assert await _routing_keys(runtime) == ["image.processing", "image.ready"]
+
+
+async def _publish(infra: InfraUrls, envelope: Envelope[ImageQueued]) -> None:
+    broker = create_broker(infra.amqp_url, app_id="test")
+    await broker.connect()
+    try:
+        await broker.publish(
+            envelope.model_dump_json().encode(),
+            exchange=EVENTS_EXCHANGE,
+            routing_key=envelope.event_type,
+            persist=True,
+            message_id=str(envelope.event_id),
+            content_type="application/json",
+        )
+    finally:
+        await broker.stop()
+
+
+def _queue_depth(vhost: str, queue: str) -> int:
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "--no-table-headers", "name", "messages"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for line in listed.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"no queue {queue} in {vhost}")
+
+
+class TestBrokerLoss:
+    """The broker closes the worker's connection while a paid call runs: it is not paid twice."""
+
+    async def test_the_job_finishes_and_its_redelivery_is_acknowledged_without_a_call(
+        self,
+        infra: InfraUrls,
+        runtime: Runtime,
+        storage: Storage,
+        make_settings: Callable[..., StagingSettings],
+        openai_api: FakeOpenAI,
+    ) -> None:
+        vhost = urlsplit(infra.amqp_url).path.lstrip("/")
+        # Closing connections is only safe in this run's own virtual host.
+        assert vhost.startswith("rs-test-"), infra.amqp_url
+        openai_api.delay_seconds = 2.0
+        envelope = await _queued(storage)
+        app = create_app(make_settings(backend="openai"))
+        async with running(app):
+            await wait_for(app.state.runtime.broker_ready.is_set, within=30)
+            await _publish(infra, envelope)
+            await wait_for(lambda: openai_api.started >= 1, within=30)
+            await asyncio.to_thread(
+                subprocess.run,
+                ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "test: broker loss"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+
+            async def completed() -> bool:
+                return (await _job(runtime)).status == "completed"
+
+            await wait_for(completed, within=30)
+            # The redelivered message is acknowledged (the queue empties) without a new call.
+
+            async def drained() -> bool:
+                return await asyncio.to_thread(_queue_depth, vhost, "staging.jobs") == 0
+
+            await wait_for(drained, within=30, interval=0.5)
+        assert (openai_api.started, openai_api.edit_calls) == (1, 1)
+        job = await _job(runtime)
+        assert job.runs == 1
+        assert len(await _events(runtime, "image.ready")) == 1
 
 
 class TestReconciler:
