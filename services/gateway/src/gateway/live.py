@@ -452,17 +452,40 @@ class EventStream:
         self.hub.unsubscribe(self.sub)
 
     async def _start(self) -> str | None:
-        """A snapshot for a new stream; nothing for a resumed one."""
+        """A snapshot for a new stream; nothing for a resumed one. Both heal the log first."""
         now = datetime.now(UTC)
         async with unit_of_work(self.sessionmaker) as session:
             repo = ImageEventRepository(session)
+            head = await repo.last_id(self.user_id)
             # An id from the future (the table was reset) cannot be resumed from.
-            if self.last_event_id is not None and self.last_event_id <= await repo.last_id():
-                self.cursor = self.last_event_id
-                return None
-            self.cursor = await repo.last_id(self.user_id)
+            resume_from = self.last_event_id
+            if resume_from is not None and resume_from > await repo.last_id():
+                resume_from = None
+            self.cursor = head if resume_from is None else resume_from
             since = now - timedelta(hours=self.settings.image_events_retention_hours)
-            log = await repo.latest(self.user_id, up_to=self.cursor, since=since)
+            log = await repo.latest(self.user_id, up_to=head, since=since)
+        truth, merged = await self._ask_projects(log, now)
+        if resume_from is not None:
+            return None
+        return sse(
+            {
+                "images": merged.images,
+                "recent": merged.recent,
+                "last_event_id": self.cursor,
+                "source": "log" if truth is None else "projects",
+            },
+            event=SNAPSHOT_EVENT,
+            event_id=self.cursor,
+        )
+
+    async def _ask_projects(
+        self, log: Sequence[dict[str, Any]], now: datetime
+    ) -> tuple[Truth | None, Merged]:
+        """Merge projects' truth over the log and record what the log missed.
+
+        The corrections get ids above the cursor, so they follow as ordinary events: a resumed
+        stream (a browser reconnecting after a replica restart) replays them too.
+        """
         asked = [uuid.UUID(str(p["image_id"])) for p in log if p["status"] in UNFINISHED]
         asked = asked[-self.settings.live_snapshot_limit :]
         truth = None
@@ -474,13 +497,11 @@ class EventStream:
             )
             if truth is None:
                 logger.warning(
-                    "projects did not answer; the snapshot of user %s comes from the log",
+                    "projects did not answer; live updates of user %s start from the log",
                     self.user_id,
                 )
         merged = merge_snapshot(log, truth, asked)
         if truth is not None and (merged.corrections or merged.gone):
-            # The log learns what projects knows better: the corrections follow the snapshot
-            # as ordinary events (ids above the cursor), for this and every other stream.
             await heal(
                 self.sessionmaker,
                 self.hub,
@@ -489,16 +510,7 @@ class EventStream:
                 record=merged.corrections,
                 gone=merged.gone,
             )
-        return sse(
-            {
-                "images": merged.images,
-                "recent": merged.recent,
-                "last_event_id": self.cursor,
-                "source": "log" if truth is None else "projects",
-            },
-            event=SNAPSHOT_EVENT,
-            event_id=self.cursor,
-        )
+        return truth, merged
 
     async def _catch_up(self) -> AsyncIterator[str]:
         """Send the user's rows after the cursor, in id order, a batch at a time."""

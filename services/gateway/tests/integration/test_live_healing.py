@@ -204,6 +204,39 @@ class TestSnapshotFromProjects:
         ]
         assert await rows(db, image) == [("processing", 1), ("ready", 1)]
 
+    async def test_a_browser_resuming_after_the_restart_gets_what_it_missed(
+        self,
+        gateway: Callable[..., Any],
+        projects: tuple[FakeProjects, ServerThread],
+        publisher: RabbitBroker,
+        db: AsyncEngine,
+        sse: Callable[..., Any],
+    ) -> None:
+        fake, _ = projects
+        first = await gateway(reconcile_interval_seconds=600)
+        alice = await sign_up(first)
+        journey = Journey(publisher, alice.id)
+        image = uuid.uuid4()
+        fake.set(alice, image, "processing")
+        before = await connect(sse, first, alice)
+        await journey.processing(image)
+        await before.wait_statuses(1)
+        seen = before.last_id
+        assert seen is not None
+
+        await asyncio.to_thread(first.stop)
+        await wait_for(before.ended.is_set, within=5)
+        await journey.ready(image)
+        fake.set(alice, image, "ready")
+        second = await gateway(reconcile_interval_seconds=600)
+
+        resumed = await connect(sse, second, alice, last_event_id=seen)
+        await resumed.wait_statuses(1)
+        assert [e.event for e in resumed.events] == ["image.status"]
+        assert resumed.statuses[0].data["status"] == "ready"
+        assert int(resumed.statuses[0].id or 0) > int(seen)
+        assert await rows(db, image) == [("processing", 1), ("ready", 1)]
+
     async def test_a_deleted_queued_image_is_absent_from_a_new_streams_snapshot(
         self,
         gateway: Callable[..., Any],
