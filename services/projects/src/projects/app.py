@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from projects import api, consumers
+from projects.maintenance import start_maintenance
 from projects.settings import ProjectsSettings
 from servicekit.runtime import Runtime, create_service_app
 from servicekit.settings import ServiceSettings
@@ -28,6 +29,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             # Storage may come up after us; readiness reports it until it does.
             logger.warning("object storage not reachable yet")
 
+    async def open_maintenance(runtime: Runtime) -> None:
+        start_maintenance(runtime, storage, cfg)
+
     async def storage_check(_: Runtime) -> None:
         await storage.ping()
 
@@ -36,7 +40,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="Real Staging projects",
         routers=[api.router],
         register_consumers=lambda rt: consumers.register(rt, bucket=cfg.s3_bucket),
-        on_startup=[open_storage],
+        on_startup=[open_storage, open_maintenance],
         extra_checks=[("storage", storage_check)],
     )
     return app

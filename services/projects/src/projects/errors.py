@@ -31,3 +31,10 @@ class AllowanceExceeded(ServiceError):
 
     status = 402
     code = "allowance_exceeded"
+
+
+class IdempotentImagesDeleted(ServiceError):
+    """An Idempotency-Key is replayed after the images it created were deleted."""
+
+    status = 409
+    code = "idempotency_images_deleted"

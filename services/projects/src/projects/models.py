@@ -61,6 +61,8 @@ class Project(Base):
         back_populates="project", lazy="raise", passive_deletes=True
     )
 
+    __table_args__ = (Index("ix_projects_user_id_created_at", "user_id", "created_at", "id"),)
+
 
 class Image(Base):
     """One uploaded photo and its staged result."""
@@ -75,7 +77,7 @@ class Image(Base):
     )
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
     original_url: Mapped[str] = mapped_column(Text)
-    original_key: Mapped[str] = mapped_column(Text)
+    original_key: Mapped[str] = mapped_column(Text, index=True)
     original_filename: Mapped[str | None] = mapped_column(Text)
     staged_url: Mapped[str | None] = mapped_column(Text)
     staged_key: Mapped[str | None] = mapped_column(Text)
@@ -91,12 +93,25 @@ class Image(Base):
     model_used: Mapped[str | None] = mapped_column(Text)
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     replicate_prediction_id: Mapped[str | None] = mapped_column(Text)
+    attempt_queued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    settle_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    settle_requests: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     project: Mapped[Project] = relationship(back_populates="images", lazy="raise")
 
-    __table_args__ = (Index("ix_images_project_id_created_at", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_images_project_id_created_at", "project_id", "created_at"),
+        # The reconciler's scan: only unfinished images, oldest progress first.
+        Index(
+            "ix_images_unfinished_updated_at",
+            "updated_at",
+            postgresql_where=text("status IN ('queued', 'processing')"),
+        ),
+    )
 
 
 class Entitlement(Base):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, delete, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,6 +90,31 @@ class ImageRepository:
             await self.session.scalars(select(Image).where(Image.project_id == project_id))
         ).all()
 
+    async def unfinished_due(self, cutoff: datetime, limit: int) -> Sequence[Image]:
+        """Queued or processing images with no progress and no settle request since `cutoff`.
+
+        Locked, skipping rows another transaction holds (a status update being applied).
+        """
+        stmt = (
+            select(Image)
+            .where(
+                Image.status.in_((ImageStatus.QUEUED, ImageStatus.PROCESSING)),
+                Image.updated_at < cutoff,
+                or_(Image.settle_requested_at.is_(None), Image.settle_requested_at < cutoff),
+            )
+            .order_by(Image.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return (await self.session.scalars(stmt)).all()
+
+    async def referenced_originals(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` that are some image's original."""
+        if not keys:
+            return set()
+        stmt = select(Image.original_key).where(Image.original_key.in_(keys))
+        return set((await self.session.scalars(stmt)).all())
+
     async def summary(self, project_id: uuid.UUID) -> tuple[dict[str, int], float]:
         """Counts by status and the summed model cost of a project."""
         rows = (
@@ -154,6 +179,20 @@ class IdempotencyRepository:
         if (await self.session.execute(stmt)).scalar_one_or_none() is not None:
             return None
         return await self.session.get(IdempotencyKey, (user_id, key), populate_existing=True)
+
+    async def delete_older_than(self, cutoff: datetime, limit: int) -> int:
+        """Forget up to `limit` keys answered before `cutoff`; how many went."""
+        oldest = (
+            select(IdempotencyKey.user_id, IdempotencyKey.key)
+            .where(IdempotencyKey.created_at < cutoff)
+            .limit(limit)
+        )
+        result = await self.session.execute(
+            delete(IdempotencyKey)
+            .where(tuple_(IdempotencyKey.user_id, IdempotencyKey.key).in_(oldest))
+            .returning(IdempotencyKey.key)
+        )
+        return len(result.all())
 
     async def images(self, ids: Sequence[uuid.UUID]) -> Sequence[Image]:
         """Images by id, in the given order."""

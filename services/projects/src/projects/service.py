@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
+from minio.error import S3Error
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +30,13 @@ from contracts.events import (
     SubscriptionUpdated,
 )
 from contracts.identity import Identity
-from projects.errors import AllowanceExceeded, ImageNotFound, InvalidUpload, ProjectNotFound
+from projects.errors import (
+    AllowanceExceeded,
+    IdempotentImagesDeleted,
+    ImageNotFound,
+    InvalidUpload,
+    ProjectNotFound,
+)
 from projects.media import EXTENSIONS, SNIFF_BYTES, sniff_image_type
 from projects.models import Entitlement, IdempotencyKey, Image, Project, UsageCharge
 from projects.repository import (
@@ -46,11 +53,22 @@ from servicekit.storage import Storage
 
 PRODUCER = "projects"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}-")
+ORIGINALS_PREFIX = "originals/"
+UPLOADS_PREFIX = "uploads/"
 
 
 def upload_prefix(user_id: uuid.UUID) -> str:
     """Every upload of a user lives under this prefix."""
-    return f"uploads/{user_id}/"
+    return f"{UPLOADS_PREFIX}{user_id}/"
+
+
+def original_key(user_id: uuid.UUID, image_id: uuid.UUID, upload: str, content_type: str) -> str:
+    """The immutable key of one image's own copy of its upload."""
+    name = _UPLOAD_NAME.sub("", PurePosixPath(upload).stem)
+    stem = _UNSAFE.sub("-", name).strip("-.")[:60] or "photo"
+    ext = EXTENSIONS.get(content_type, PurePosixPath(upload).suffix.lower() or ".jpg")
+    return f"{ORIGINALS_PREFIX}{user_id}/{image_id}/{stem}{ext}"
 
 
 def upload_key(user_id: uuid.UUID, filename: str, content_type: str) -> str:
@@ -228,7 +246,16 @@ class ProjectsService:
                         code="idempotency_key_reused",
                         status=422,
                     )
-                return list(await self.idempotency.images(answered.image_ids))
+                images = list(await self.idempotency.images(answered.image_ids))
+                if len(images) < len(answered.image_ids):
+                    # Recreating them would charge again for what the user chose to delete.
+                    found = {image.id for image in images}
+                    raise IdempotentImagesDeleted(
+                        "The photos this Idempotency-Key created have since been deleted; "
+                        "send the request with a new key to create them again.",
+                        details={"deleted": [str(i) for i in answered.image_ids if i not in found]},
+                    )
+                return images
         created = await self._create_images(who, project_id, items)
         if idempotency_key is not None:
             await self.session.execute(
@@ -244,30 +271,29 @@ class ProjectsService:
         results = await asyncio.gather(
             *(self.check_upload(who, item.key) for item in items), return_exceptions=True
         )
-        errors: list[dict[str, Any]] = []
-        for index, result in enumerate(results):
-            if isinstance(result, InvalidUpload):
-                errors.append(
-                    {"index": index, "field": f"images[{index}].key", "message": result.message}
-                )
-            elif isinstance(result, BaseException):
-                raise result
-        if errors:
-            if len(items) == 1:
-                raise InvalidUpload(errors[0]["message"], details=errors)
-            raise InvalidUpload(
-                f"{len(errors)} of {len(items)} photos cannot be staged; nothing was created.",
-                details=errors,
-            )
+        self._refuse_invalid(items, results)
+        checked = [r for r in results if isinstance(r, CheckedUpload)]
         await self.reserve(who, len(items))
+        ids = [uuid.uuid4() for _ in items]
+        originals = [
+            original_key(who.user_id, image_id, upload.key, upload.content_type)
+            for image_id, upload in zip(ids, checked, strict=True)
+        ]
+        # Each image gets its own copy, so deleting one never removes another's original. A
+        # copy left by a transaction that rolls back is removed by the orphan sweeper.
+        copies = await asyncio.gather(
+            *(self._copy_upload(u.key, k) for u, k in zip(checked, originals, strict=True)),
+            return_exceptions=True,
+        )
+        self._refuse_invalid(items, copies)
         created: list[Image] = []
-        for item in items:
+        for item, image_id, key in zip(items, ids, originals, strict=True):
             image = Image(
-                id=uuid.uuid4(),
+                id=image_id,
                 project_id=project_id,
                 user_id=who.user_id,
-                original_key=item.key,
-                original_url=s3_url(self.storage.bucket, item.key),
+                original_key=key,
+                original_url=s3_url(self.storage.bucket, key),
                 original_filename=item.filename or PurePosixPath(item.key).name.split("-", 1)[-1],
                 room_type=item.room_type.value,
                 style=item.style.value,
@@ -283,6 +309,34 @@ class ProjectsService:
         for image in created:
             await self.session.refresh(image)
         return created
+
+    @staticmethod
+    def _refuse_invalid(items: list[ImageCreate], results: list[Any]) -> None:
+        """Raise one 422 naming every invalid item, or the first unexpected error."""
+        errors: list[dict[str, Any]] = []
+        for index, result in enumerate(results):
+            if isinstance(result, InvalidUpload):
+                errors.append(
+                    {"index": index, "field": f"images[{index}].key", "message": result.message}
+                )
+            elif isinstance(result, BaseException):
+                raise result
+        if errors:
+            if len(items) == 1:
+                raise InvalidUpload(errors[0]["message"], details=errors)
+            raise InvalidUpload(
+                f"{len(errors)} of {len(items)} photos cannot be staged; nothing was created.",
+                details=errors,
+            )
+
+    async def _copy_upload(self, upload: str, destination: str) -> None:
+        try:
+            await self.storage.copy(upload, destination)
+        except S3Error as exc:
+            # The upload vanished after its checks (its retention ran out meanwhile).
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise InvalidUpload("The upload was not found; upload the file first.") from exc
+            raise
 
     async def restage(
         self,
@@ -303,7 +357,9 @@ class ProjectsService:
         image.seed = seed if seed is not None else image.seed
         image.status = ImageStatus.QUEUED
         image.error = None
-        image.updated_at = datetime.now(UTC)
+        image.updated_at = image.attempt_queued_at = datetime.now(UTC)
+        image.settle_requested_at = None
+        image.settle_requests = 0
         self.session.add(UsageCharge(user_id=who.user_id, image_id=image.id, attempt=image.attempt))
         self._queue(who, image)
         return image
@@ -311,16 +367,7 @@ class ProjectsService:
     def _queue(self, who: Identity, image: Image) -> None:
         add_event(
             self.session,
-            ImageQueued(
-                image_id=image.id,
-                user_id=image.user_id,
-                project_id=image.project_id,
-                original_key=image.original_key,
-                room_type=RoomType(image.room_type or RoomType.LIVING_ROOM),
-                style=Style(image.style or Style.MODERN),
-                seed=image.seed,
-                attempt=image.attempt,
-            ),
+            attempt_event(ImageQueued, image),
             producer=PRODUCER,
             correlation_id=who.request_id,
         )
@@ -337,6 +384,26 @@ class ProjectsService:
             correlation_id=who.request_id,
         )
 
+
+Q = TypeVar("Q", bound=ImageQueued)
+
+
+def attempt_event(kind: type[Q], image: Image) -> Q:
+    """`image.queued` (or `image.settle`) for the image's current attempt."""
+    return kind(
+        image_id=image.id,
+        user_id=image.user_id,
+        project_id=image.project_id,
+        original_key=image.original_key,
+        room_type=RoomType(image.room_type or RoomType.LIVING_ROOM),
+        style=Style(image.style or Style.MODERN),
+        seed=image.seed,
+        attempt=image.attempt,
+    )
+
+
+GAVE_UP_REASON = "We could not finish staging this photo. Restage it to try again."
+"""What an owner reads when the reconciler gave up on an attempt."""
 
 STATUS_OF_EVENT: dict[type[Event], ImageStatus] = {
     ImageProcessing: ImageStatus.PROCESSING,
@@ -357,6 +424,11 @@ async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket
     # job); nothing else moves an image that has finished.
     recovered = current == ImageStatus.ERROR and new_status == ImageStatus.READY
     terminal = current in (ImageStatus.READY, ImageStatus.ERROR)
+    if isinstance(event, ImageFailed) and current == ImageStatus.ERROR:
+        # Staging's own reason, arriving after the reconciler gave up, says more than ours.
+        if image.error == GAVE_UP_REASON and event.reason:
+            image.error = event.reason
+        return
     if not recovered and (terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]):
         return
     image.status = new_status

@@ -21,3 +21,20 @@ class ProjectsSettings(ServiceSettings, S3Settings):
     upload_url_ttl_seconds: int = 15 * 60
     download_url_ttl_seconds: int = 10 * 60
     free_monthly_limit: int = 5
+    settle_after_seconds: float = 900.0
+    """An unfinished image with no progress for this long is asked to settle (the slowest
+    backend's timeout, 300 s, plus a wide margin for a queue backlog)."""
+    give_up_after_seconds: float = 6 * 3600.0
+    """An attempt still unfinished this long after it was queued ends in `error`."""
+    reconcile_batch_size: int = 500
+    """Unfinished images handled per reconciler pass."""
+    sweep_interval_seconds: float = 15 * 60.0
+    """How often old uploads, orphan originals and old idempotency keys are removed."""
+    sweep_batch_size: int = 1000
+    """Objects or rows removed per sweeper pass (the rest go at the next one)."""
+    upload_retention_seconds: float = 24 * 3600.0
+    """Uploads are copied at create, so after this long every upload can go."""
+    orphan_grace_seconds: float = 3600.0
+    """An original with no image this old was left by a create that rolled back."""
+    idempotency_retention_seconds: float = 7 * 24 * 3600.0
+    """How long a retried create request gets its first answer."""

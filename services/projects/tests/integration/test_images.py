@@ -404,12 +404,17 @@ class TestRestageAndSummary:
                 f"/v1/projects/{project_id}/images", json=_item(key), headers=owner.headers
             )
         ).json()
+        engine = create_engine(settings.database_url)
+        async with create_sessionmaker(engine)() as session:
+            row = await session.get(Image, uuid.UUID(image["id"]))
+            assert row is not None
+            original = row.original_key
+        assert original.startswith(f"originals/{owner.id}/{image['id']}/")
         deleted = await client.delete(f"/v1/projects/{project_id}", headers=owner.headers)
         assert deleted.status_code == 204
         assert (
             await client.get(f"/v1/images/{image['id']}", headers=owner.headers)
         ).status_code == 404
-        engine = create_engine(settings.database_url)
         async with create_sessionmaker(engine)() as session:
             event = (
                 await session.scalars(
@@ -418,7 +423,8 @@ class TestRestageAndSummary:
             ).one()
         await engine.dispose()
         assert event.payload["data"]["image_ids"] == [image["id"]]
-        assert event.payload["data"]["keys"] == [key]
+        # The image's own copy goes; the upload stays for the sweeper (another image may use it).
+        assert event.payload["data"]["keys"] == [original]
 
 
 class TestHostileText:
