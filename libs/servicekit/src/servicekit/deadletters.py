@@ -355,27 +355,30 @@ async def refresh_gauge(amqp_url: str, specs: Sequence[QueueSpec] = ALL_QUEUES) 
             PARKED.labels(item.queue).set(item.count)
 
 
+async def open_dead_letters(request: Request) -> AsyncIterator[DeadLetters]:
+    """FastAPI dependency: dead-letter operations on the app's broker, for one request."""
+    url: str = request.app.state.settings.amqp_url
+    try:
+        opened = DeadLetters.open(url)
+        dead_letters = await opened.__aenter__()
+    except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+        raise Unavailable("The message broker is unavailable.") from exc
+    try:
+        yield dead_letters
+    finally:
+        with contextlib.suppress(Exception):
+            await opened.__aexit__(None, None, None)
+
+
+DeadLettersDep = Annotated[DeadLetters, Depends(open_dead_letters)]
+
+
 def admin_router(*, dependencies: Sequence[DependsParam] = ()) -> APIRouter:
     """The admin API over dead-letter queues; the caller supplies the admin gate.
 
     It reads the broker URL from `app.state.settings.amqp_url`.
     """
     router = APIRouter(tags=["admin"], dependencies=list(dependencies))
-
-    async def open_dead_letters(request: Request) -> AsyncIterator[DeadLetters]:
-        url: str = request.app.state.settings.amqp_url
-        try:
-            opened = DeadLetters.open(url)
-            dead_letters = await opened.__aenter__()
-        except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-            raise Unavailable("The message broker is unavailable.") from exc
-        try:
-            yield dead_letters
-        finally:
-            with contextlib.suppress(Exception):
-                await opened.__aexit__(None, None, None)
-
-    DeadLettersDep = Annotated[DeadLetters, Depends(open_dead_letters)]
 
     @router.get("")
     async def list_dead_letter_queues(dead_letters: DeadLettersDep) -> DeadLetterQueuesOut:
