@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from minio.error import S3Error
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import JobStatus
@@ -60,6 +61,7 @@ BACKEND_SETTING = "staging.backend"
 
 
 DELETED_REASON = "The image was deleted."
+MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 
 
 def result_key(event: ImageQueued, run: int, extension: str) -> str:
@@ -416,7 +418,19 @@ class JobRunner:
             raise TransientBackendError(
                 f"the {claim.backend} backend is not configured on this worker"
             )
-        data = await self.storage.read(event.original_key, max_bytes=self.settings.max_input_bytes)
+        try:
+            data = await self.storage.read(
+                event.original_key, max_bytes=self.settings.max_input_bytes
+            )
+        except S3Error as exc:
+            if exc.code not in MISSING_CODES:
+                raise  # S3 away or failing: an infrastructure failure, retried for long
+            await self._check_deleted(event)
+            # A missing original will not come back by itself: the bounded ladder, then
+            # image.failed, rather than days of infrastructure retries.
+            raise TransientBackendError(
+                f"the original photo {event.original_key} does not exist"
+            ) from exc
         await self._check_deleted(event)
         photo = await asyncio.to_thread(
             decode,
