@@ -130,6 +130,13 @@ class TestOwnOriginals:
         assert deleted["keys"] == [one.original_key]
         # What staging does with the event: remove the keys it names.
         await storage.remove(*deleted["keys"])
+        # A late outcome for the deleted image never brings it back.
+        late = ImageReady(
+            image_id=one.id, user_id=owner.id, staged_key="staged/late.jpg", backend="local"
+        )
+        await _report(sessions, settings, late)
+        async with sessions() as session:
+            assert await session.get(Image, one.id) is None
 
         got = await _download(client, owner, second["id"])
         assert (got.status_code, got.content) == (200, jpeg)
