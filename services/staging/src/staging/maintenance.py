@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.enums import JobStatus
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 RECONCILE_TASK = "staging.reconcile"
 SWEEP_TASK = "staging.sweep"
 SWEEP_CURSOR = "staging.sweep_cursor"
+
+RECONCILED = Counter(
+    "staging_jobs_reconciled_total", "Abandoned jobs the reconciler settled", ["outcome"]
+)
+SWEPT = Counter("staging_objects_swept_total", "Orphaned staged objects removed")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Swept:
     cancellations_deleted: int = 0
 
 
-def _parse_staged(key: str) -> tuple[uuid.UUID, int] | None:
+def parse_staged_key(key: str) -> tuple[uuid.UUID, int] | None:
     """The image and attempt of `staged/{user}/{image}/{attempt}[-{run}].ext`, if it is one."""
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != "staged":
@@ -120,6 +126,9 @@ class Maintenance:
                 job.updated_at = now
                 add_event(session, ImageSettle.model_validate(job.payload_json), producer=PRODUCER)
                 resettled += 1
+        RECONCILED.labels("resettled").inc(resettled)
+        RECONCILED.labels("failed").inc(failed)
+        RECONCILED.labels("deleted").inc(deleted)
         if stale:
             logger.info(
                 "reconciled %d job(s): %d re-run, %d failed, %d deleted",
@@ -147,7 +156,7 @@ class Maintenance:
         # Resume after the last key next time, and start over once the listing is exhausted.
         next_cursor = listed[-1].key if len(listed) >= cfg.sweep_batch else None
         await settings.put(SWEEP_CURSOR, {"after": next_cursor}, None)
-        parsed = {obj.key: _parse_staged(obj.key) for obj in listed}
+        parsed = {obj.key: parse_staged_key(obj.key) for obj in listed}
         image_ids = sorted({p[0] for p in parsed.values() if p is not None})
         jobs = JobRepository(session)
         cancelled = await jobs.cancelled_among(image_ids)
@@ -169,6 +178,7 @@ class Maintenance:
                 orphans.append(key)
         if orphans:
             await self.storage.remove(*orphans)
+            SWEPT.inc(len(orphans))
             logger.info("removed %d orphaned staged object(s)", len(orphans))
         return len(orphans)
 
