@@ -3,16 +3,19 @@ reconciler and the sweepers."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
 import pytest
+from minio import Minio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,7 +36,7 @@ from projects.settings import ProjectsSettings
 from servicekit.db import unit_of_work
 from servicekit.outbox import apply_once
 from servicekit.storage import Storage
-from servicekit.testing import running, wait_for
+from servicekit.testing import InfraUrls, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -429,9 +432,32 @@ class TestSweepers:
     """Old uploads, orphan originals and old idempotency keys go; nothing else does."""
 
     @pytest.fixture
-    def isolated(self, make_settings: Callable[..., ProjectsSettings]) -> ProjectsSettings:
+    async def bucket(self, infra: InfraUrls) -> AsyncIterator[str]:
         """A bucket of the test's own, so sweeping never touches another test's objects."""
-        return make_settings(s3_bucket=f"sweep-{uuid.uuid4().hex[:12]}")
+        name = f"sweep-{uuid.uuid4().hex[:12]}"
+        yield name
+        client = Minio(
+            urlsplit(infra.s3_endpoint).netloc,
+            access_key=infra.s3_access_key,
+            secret_key=infra.s3_secret_key,
+            secure=False,
+            region="us-east-1",
+        )
+
+        def drop() -> None:
+            if client.bucket_exists(name):
+                for obj in client.list_objects(name, recursive=True):
+                    client.remove_object(name, obj.object_name or "")
+                client.remove_bucket(name)
+
+        await asyncio.to_thread(drop)
+
+    @pytest.fixture
+    def isolated(
+        self, make_settings: Callable[..., ProjectsSettings], bucket: str
+    ) -> ProjectsSettings:
+        """Settings whose bucket is the test's own."""
+        return make_settings(s3_bucket=bucket)
 
     async def test_old_uploads_and_orphan_originals_go_and_nothing_else(
         self,
@@ -517,10 +543,10 @@ class TestSweepers:
         assert left == ["young"]
 
     async def test_the_running_service_sweeps_on_its_own(
-        self, make_settings: Callable[..., ProjectsSettings], owner: Any, jpeg: bytes
+        self, make_settings: Callable[..., ProjectsSettings], bucket: str, owner: Any, jpeg: bytes
     ) -> None:
         settings = make_settings(
-            s3_bucket=f"sweep-{uuid.uuid4().hex[:12]}",
+            s3_bucket=bucket,
             sweep_interval_seconds=0.2,
             upload_retention_seconds=3.0,
             orphan_grace_seconds=3.0,
