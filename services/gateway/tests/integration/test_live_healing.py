@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.identity import HEADER
 from gateway.app import create_app
-from servicekit.db import create_engine
+from gateway.repository import ImageEventRepository
+from servicekit.db import create_engine, create_sessionmaker, unit_of_work
 from servicekit.identity import verify_identity
 from servicekit.testing import TEST_INTERNAL_SECRET, wait_for
 
@@ -395,6 +396,51 @@ class TestReconciler:
         calls = fake.calls
         await wait_for(lambda: fake.calls >= calls + 3, within=15)
         assert await rows(db, image) == [("processing", 1)]
+
+
+class TestStaleQuery:
+    async def test_only_images_whose_latest_event_is_unfinished_and_old_are_found(
+        self, db: AsyncEngine
+    ) -> None:
+        user = uuid.uuid4()
+        stuck, finished, restaged, young, recovered = (uuid.uuid4() for _ in range(5))
+        history = [
+            (stuck, "queued", 1),
+            (stuck, "processing", 1),
+            (finished, "processing", 1),
+            (finished, "ready", 1),
+            (restaged, "ready", 1),
+            (restaged, "queued", 2),
+            (recovered, "error", 1),
+            (recovered, "ready", 1),
+        ]
+        sessionmaker = create_sessionmaker(db)
+        async with unit_of_work(sessionmaker) as session:
+            repo = ImageEventRepository(session)
+            for image, status, attempt in [*history, (young, "queued", 1)]:
+                payload = {"image_id": str(image), "status": status, "attempt": attempt}
+                row = await repo.record(
+                    event_id=uuid.uuid4(),
+                    user_id=user,
+                    image_id=image,
+                    status=status,
+                    attempt=attempt,
+                    payload=payload,
+                )
+                assert row is not None
+            await session.execute(
+                text(
+                    "UPDATE image_events SET created_at = now() - interval '1 hour' "
+                    "WHERE image_id <> :young"
+                ),
+                {"young": young},
+            )
+        now = datetime.now(UTC)
+        async with unit_of_work(sessionmaker) as session:
+            found = await ImageEventRepository(session).stale_unfinished(
+                older_than=now - timedelta(minutes=2), since=now - timedelta(days=1), limit=10
+            )
+        assert sorted(found) == sorted([(user, stuck), (user, restaged)])
 
 
 async def _empty(db: AsyncEngine, image: uuid.UUID) -> bool:
