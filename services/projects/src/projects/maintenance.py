@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import ImageStatus
@@ -31,6 +32,12 @@ from servicekit.runtime import Runtime
 from servicekit.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+SETTLE_REQUESTS = Counter(
+    "projects_settle_requests_total", "image.settle requests sent for stuck attempts"
+)
+GAVE_UP = Counter("projects_images_given_up_total", "Attempts ended in error by the reconciler")
+SWEPT = Counter("projects_swept_total", "Objects and rows removed by the sweepers", ["kind"])
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ async def reconcile_images(
         image.settle_requests += 1
         add_event(session, attempt_event(ImageSettle, image), producer=PRODUCER)
         settle_requested += 1
+    SETTLE_REQUESTS.inc(settle_requested)
+    GAVE_UP.inc(gave_up)
     if settle_requested or gave_up:
         logger.info("reconciler: %d settle requests, %d given up", settle_requested, gave_up)
     return Reconciled(settle_requested=settle_requested, gave_up=gave_up)
@@ -125,7 +134,11 @@ async def sweep_idempotency_keys(
     """Forget create requests answered longer ago than the retention; how many went."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=settings.idempotency_retention_seconds)
-    return await IdempotencyRepository(session).delete_older_than(cutoff, settings.sweep_batch_size)
+    removed = await IdempotencyRepository(session).delete_older_than(
+        cutoff, settings.sweep_batch_size
+    )
+    SWEPT.labels("idempotency_keys").inc(removed)
+    return removed
 
 
 async def _remove_unreferenced(
@@ -141,6 +154,7 @@ async def _remove_unreferenced(
     doomed = [key for key in keys if key not in owned]
     if doomed:
         await storage.remove(*doomed)
+        SWEPT.labels(prefix.rstrip("/")).inc(len(doomed))
         logger.info("removed %d objects under %s", len(doomed), prefix)
     return len(doomed)
 
