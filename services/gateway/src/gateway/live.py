@@ -502,14 +502,18 @@ class EventStream:
                 )
         merged = merge_snapshot(log, truth, asked)
         if truth is not None and (merged.corrections or merged.gone):
-            await heal(
-                self.sessionmaker,
-                self.hub,
-                self.user_id,
-                truth,
-                record=merged.corrections,
-                gone=merged.gone,
-            )
+            try:
+                await heal(
+                    self.sessionmaker,
+                    self.hub,
+                    self.user_id,
+                    truth,
+                    record=merged.corrections,
+                    gone=merged.gone,
+                )
+            except Exception as exc:
+                # The snapshot already shows the truth; the reconciler records it later.
+                logger.warning("could not record live corrections: %s", type(exc).__name__)
         return truth, merged
 
     async def _catch_up(self) -> AsyncIterator[str]:

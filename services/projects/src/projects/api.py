@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import zipstream
 from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 
 from contracts.enums import ImageStatus
 from projects.deps import ServiceDep, SettingsDep, StorageDep
@@ -345,7 +345,9 @@ async def live_images(
     The gateway's live snapshot and reconciler read the truth here; an image asked for by id
     and absent from a complete answer does not exist (it was deleted).
     """
-    wanted = [Image.status.in_((ImageStatus.QUEUED, ImageStatus.PROCESSING))]
+    wanted: list[ColumnElement[bool]] = [
+        Image.status.in_((ImageStatus.QUEUED, ImageStatus.PROCESSING))
+    ]
     if updated_since is not None:
         wanted.append(Image.updated_at >= updated_since)
     if image_id:
