@@ -21,7 +21,7 @@ from sqlalchemy import select, text, update
 
 from contracts.enums import RoomType, Style
 from contracts.events import Envelope, ImageDeleted, ImageQueued, ImageSettle, parse_envelope
-from servicekit.messaging import EVENTS_EXCHANGE, create_broker
+from servicekit.messaging import EVENTS_EXCHANGE, create_broker, is_infrastructure_error
 from servicekit.outbox import OutboxMessage, apply_once
 from servicekit.runtime import Runtime
 from servicekit.storage import Storage
@@ -345,6 +345,26 @@ class TestStoredResults:
             await runner.handle(envelope)
         assert not isinstance(raised.value, OSError)
         assert (await _job(runtime)).status == "queued"
+
+
+class TestGivingUp:
+    """Giving up needs staging's own database; while it is away the give-up is not lost."""
+
+    async def test_a_give_up_with_the_database_away_raises_an_infrastructure_error(
+        self, storage: Storage, make_settings: Callable[..., StagingSettings]
+    ) -> None:
+        away = make_settings(
+            database_url="postgresql+asyncpg://realstaging:realstaging@127.0.0.1:1/staging"
+        )
+        rt = Runtime(away)
+        try:
+            runner = JobRunner(rt, storage, GatedBackend(), away)
+            with pytest.raises((OSError, sqlalchemy.exc.DBAPIError)) as raised:
+                await runner.give_up(await _queued(storage), "TransientBackendError: 503")
+        finally:
+            await rt.engine.dispose()
+        # So the consumer retries the give-up later instead of parking without image.failed.
+        assert is_infrastructure_error(raised.value), repr(raised.value)
 
 
 class TestDeletion:
