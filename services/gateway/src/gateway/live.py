@@ -606,12 +606,20 @@ class LiveReconciler:
 
     async def run_wake(self) -> None:
         """Look for rows recorded elsewhere every `live_wake_interval_seconds` until cancelled."""
+        failing = False
         while True:
             await asyncio.sleep(self.settings.live_wake_interval_seconds)
             try:
                 await self.wake_once()
             except Exception as exc:
-                logger.warning("live wake-up check failed (will retry): %s", type(exc).__name__)
+                # Every few seconds through a database outage: say it once, not each time.
+                if not failing:
+                    logger.warning("live wake-up check failing: %s", type(exc).__name__)
+                failing = True
+                continue
+            if failing:
+                logger.info("live wake-up check works again")
+            failing = False
 
 
 class EventStreamResponse(StreamingResponse):
