@@ -116,6 +116,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     minio.error.MinioException,
     urllib3.exceptions.HTTPError,
     aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel is closed
     aio_pika.exceptions.AMQPException,
 )
 
