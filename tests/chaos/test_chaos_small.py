@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from servicekit.testing import InfraUrls
 from tests.chaos.run import Options, run_chaos
