@@ -61,9 +61,10 @@ RETRY_COUNT = "x-retry-count"
 # whole minutes at today's epoch.
 FIRST_FAILED_AT = "x-first-failed-at-ms"
 PARKED_AT = "x-parked-at-ms"
+HOOK_FAILED_AT = "x-give-up-failed-at-ms"
 DEATH_REASON = "x-death-reason"
 ORIGINAL_QUEUE = "x-original-queue"
-RETRY_HEADERS = (RETRY_COUNT, FIRST_FAILED_AT, PARKED_AT, DEATH_REASON, "x-death")
+RETRY_HEADERS = (RETRY_COUNT, FIRST_FAILED_AT, PARKED_AT, HOOK_FAILED_AT, DEATH_REASON, "x-death")
 """Headers a replayed message starts without, so it gets a fresh retry budget."""
 
 RETRIES = Counter("messages_retried_total", "Failed messages sent to a delay queue", ["queue"])
@@ -371,19 +372,25 @@ class Consumer(Generic[E]):
             try:
                 await self.on_give_up(envelope, reason)
             except Exception as exc:
-                # Its database is away too: come back after the longest delay and try again,
-                # rather than requeue at once (a hot loop that ends at the delivery limit).
-                logger.warning(
-                    "give-up hook for %s %s failed (%s); trying again later",
-                    envelope.event_type,
-                    envelope.event_id,
-                    type(exc).__name__,
-                )
-                retries = int(_number(headers.get(RETRY_COUNT)) or 0)
-                await self._retry_later(
-                    msg, headers, max(retries + 1, len(self.policy.delays_seconds))
-                )
-                return
+                now = _now_ms()
+                since = int(_number(headers.get(HOOK_FAILED_AT)) or now)
+                if (now - since) / 1000 < self.policy.max_age_seconds:
+                    # Its database is away too: come back after the longest delay and try
+                    # again, rather than requeue at once (a hot loop that ends at the
+                    # delivery limit).
+                    logger.warning(
+                        "give-up hook for %s %s failed (%s); trying again later",
+                        envelope.event_type,
+                        envelope.event_id,
+                        type(exc).__name__,
+                    )
+                    headers[HOOK_FAILED_AT] = since
+                    retries = int(_number(headers.get(RETRY_COUNT)) or 0)
+                    await self._retry_later(
+                        msg, headers, max(retries + 1, len(self.policy.delays_seconds))
+                    )
+                    return
+                reason = f"{reason} (and the give-up hook kept failing: {type(exc).__name__})"
         logger.error("parking %s %s: %s", envelope.event_type, envelope.event_id, reason)
         await self._park(msg, headers, reason)
 

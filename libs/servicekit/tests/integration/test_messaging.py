@@ -452,6 +452,30 @@ class TestTransientFailures:
         # Never redelivered by RabbitMQ: each try was a new message from a delay queue.
         assert parked[0].headers.get("x-delivery-count", 0) == 0
 
+    async def test_a_give_up_hook_that_never_recovers_is_parked_after_the_maximum_age(
+        self, infra: InfraUrls, amqp: aio_pika.abc.AbstractChannel
+    ) -> None:
+        spec = _spec()
+        policy = RetryPolicy(delays_seconds=(0.05, 0.1), max_age_seconds=0.6)
+        hook_calls: list[float] = []
+
+        async def handler(envelope: Envelope[ImageQueued]) -> None:
+            raise PermanentError("the photo is corrupt")
+
+        async def on_give_up(envelope: Envelope[ImageQueued], reason: str) -> None:
+            hook_calls.append(time.monotonic())
+            raise RuntimeError("a bug in the hook")
+
+        async with _consuming(infra, amqp, spec, handler, policy, on_give_up=on_give_up):
+            await _publish_raw(
+                infra, spec, Envelope.wrap(_event(), producer="t").model_dump_json().encode()
+            )
+            parked = await wait_for(lambda: _drain(amqp, spec.dead_letter), within=15)
+        assert 2 <= len(hook_calls) <= 10
+        assert hook_calls[-1] - hook_calls[0] >= 0.6
+        reason = parked[0].headers["x-death-reason"]
+        assert reason.startswith("the photo is corrupt (and the give-up hook kept failing")
+
 
 class TestRelay:
     """Wake-ups are never lost, confirms are pipelined, returns are failures."""
