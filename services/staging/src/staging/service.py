@@ -626,6 +626,10 @@ class JobRunner:
                 return
             if run is not None and job.runs != run:
                 return
+            live = job.status == JobStatus.PROCESSING and job.lease_until is not None
+            if run is None and live and job.lease_until is not None and job.lease_until > now:
+                # Another delivery holds the job right now: its holder reports the outcome.
+                return
             if await jobs.is_cancelled(event.image_id):
                 _mark_deleted(job, now)
                 return

@@ -366,6 +366,20 @@ class TestGivingUp:
         # So the consumer retries the give-up later instead of parking without image.failed.
         assert is_infrastructure_error(raised.value), repr(raised.value)
 
+    async def test_a_give_up_leaves_a_job_another_worker_holds_to_it(
+        self, runtime: Runtime, storage: Storage, make_settings: Callable[..., StagingSettings]
+    ) -> None:
+        runner = JobRunner(runtime, storage, GatedBackend(), make_settings())
+        envelope = await _queued(storage)
+        await _abandoned(runtime, envelope, lease_until=datetime.now(UTC) + timedelta(minutes=1))
+        await runner.give_up(envelope, "TransientBackendError: 503")
+        assert (await _job(runtime)).status == "processing"
+        assert await _events(runtime) == []
+        await _abandoned(runtime, envelope)
+        await runner.give_up(envelope, "TransientBackendError: 503")
+        [failed] = await _events(runtime, "image.failed")
+        assert "503" in failed["data"]["reason"]
+
 
 class TestDeletion:
     """Deleting an image stops its job: nothing stored, nothing reported."""
