@@ -52,7 +52,7 @@ async def every(
     *,
     after_pass: Callable[[], None] | None = None,
 ) -> None:
-    """Run `work` about every `interval_seconds` until cancelled (with jitter, so replicas spread)."""
+    """Run `work` about every `interval_seconds` until cancelled, with jitter so replicas spread."""
     while True:
         await asyncio.sleep(interval_seconds * random.uniform(0.8, 1.2))
         try:
