@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 from devstack.services import SERVICES
 from tests.support.stackkit import (
     SCALED_LADDER,
+    SCALED_ORPHAN_GRACE_SECONDS,
     SCALED_TIME,
     Api,
     ProxiedStack,
@@ -52,7 +53,7 @@ from tests.support.stackkit import (
 
 LONG_OUTAGES = ("projects", "staging", "amqp", "s3")
 """What a long outage can take away: a service's database, the broker or S3."""
-AUDIT = {"unfinished_after_seconds": 30.0, "orphan_grace_seconds": 10.0}
+AUDIT = {"unfinished_after_seconds": 30.0, "orphan_grace_seconds": SCALED_ORPHAN_GRACE_SECONDS}
 """Audit windows on the scaled time configuration (settle requests start after 5 s)."""
 
 ROOMS = ("living_room", "bedroom", "kitchen", "office", "dining_room")
@@ -75,6 +76,11 @@ class Options:
     """Dependencies to keep away for `outage_seconds` each, one at a time."""
     outage_seconds: float = 8.0
     """Longer than the scaled retry ladder (3.7 s), so today's give-up would have parked."""
+
+    @property
+    def chaos_window(self) -> float:
+        """The chaos phase's minimum length: kills pause during a long outage, so add them."""
+        return self.min_chaos_seconds + len(self.long_outages) * self.outage_seconds
 
 
 @dataclass
@@ -201,11 +207,11 @@ class Chaos(threading.Thread):
 
     def _run(self) -> None:
         started = time.monotonic()
-        cut_at = started + self.rng.uniform(0.3, 0.6) * self.opts.min_chaos_seconds
+        cut_at = started + self.rng.uniform(0.3, 0.6) * self.opts.chaos_window
         cut_done = False
         # The long outages, in a seeded order, spread evenly over the chaos window.
         outages = self.rng.sample(self.opts.long_outages, len(self.opts.long_outages))
-        step = self.opts.min_chaos_seconds / (len(outages) + 1)
+        step = self.opts.chaos_window / (len(outages) + 1)
         due = [(started + step * (i + 0.5), kind) for i, kind in enumerate(outages)]
         bag: list[str] = []
         while not self.stop_event.wait(self.rng.uniform(*self.opts.kill_every)):
@@ -333,7 +339,7 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
         # is queued and in flight rather than on an idle stack.
         burst = max(1, opts.photos // 20)
         bursts = -(-opts.photos // burst)
-        interval = opts.min_chaos_seconds * 0.8 / bursts
+        interval = opts.chaos_window * 0.8 / bursts
         try:
             for n in range(opts.photos):
                 if n % burst == 0:
@@ -366,7 +372,7 @@ def run_chaos(opts: Options, *, log: Any = print) -> Report:
                 )
                 created[resp.json()["id"]] = (user, key)
             # Keep the chaos going for a minimum time so that staging is hit mid-job too.
-            remaining = opts.min_chaos_seconds - (time.monotonic() - chaos_started)
+            remaining = opts.chaos_window - (time.monotonic() - chaos_started)
             if remaining > 0:
                 chaos.stop_event.wait(remaining)
         except AssertionError as exc:

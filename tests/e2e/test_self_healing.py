@@ -25,6 +25,7 @@ from minio import Minio
 from contracts.topology import ALL_QUEUES
 from servicekit.testing import InfraUrls
 from tests.support.stackkit import (
+    SCALED_ORPHAN_GRACE_SECONDS,
     SCALED_TIME,
     Api,
     ProxiedStack,
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.e2e
 OUTAGE_SECONDS = 9.0
 """Longer than the retry ladder (3.7 s) more than twice over."""
 FAIL_FAST_SECONDS = 5.0
-AUDIT = {"unfinished_after_seconds": 30.0, "orphan_grace_seconds": 5.0}
+AUDIT = {"unfinished_after_seconds": 30.0, "orphan_grace_seconds": SCALED_ORPHAN_GRACE_SECONDS}
 """Audit windows for the scaled stack: settle requests start after 5 s, so 30 s is generous."""
 
 

@@ -44,9 +44,20 @@ SCALED_TIME: dict[str, str] = {
     "RECONCILE_INTERVAL_SECONDS": "1",
     "PROJECTS_SETTLE_AFTER_SECONDS": "5",
     "PROJECTS_GIVE_UP_AFTER_SECONDS": "180",
+    "PROJECTS_SWEEP_INTERVAL_SECONDS": "2",
+    "PROJECTS_ORPHAN_GRACE_SECONDS": "20",
     "STAGING_JOB_LEASE_SECONDS": "6",
+    "STAGING_JOB_LEASE_MARGIN_SECONDS": "2",
+    "STAGING_JOB_STALE_SECONDS": "10",
+    "STAGING_JOB_DEADLINE_SECONDS": "180",
+    "STAGING_SWEEP_INTERVAL_SECONDS": "2",
+    # Longer than an outage can hold back the commit of a result already stored.
+    "STAGING_ORPHAN_GRACE_SECONDS": "20",
 }
 """Every duration the self-healing machinery uses, scaled down so outage tests take seconds."""
+SCALED_ORPHAN_GRACE_SECONDS = 25.0
+"""What the audit grants an object without an owner on scaled time: the sweepers' grace (20 s)
+and their interval (2 s), with a margin."""
 
 
 def free_port() -> int:
