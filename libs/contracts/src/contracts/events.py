@@ -141,6 +141,12 @@ class SubscriptionUpdated(Event):
     period_start: datetime
     period_end: datetime
     status: str
+    renewal_grace_until: datetime | None = None
+    """If no renewal is heard by `period_end`, the plan stays in force until this instant, with
+    its allowance counted afresh from `period_end` (Stripe's renewal webhook can be late)."""
+    fallback_plan_code: PlanCode | None = None
+    fallback_limit: int | None = None
+    """The plan and monthly allowance that apply once this entitlement lapses unrenewed."""
 
 
 IMAGE_STATUS_EVENTS: dict[str, ImageStatus] = {
