@@ -522,11 +522,15 @@ def _check_databases(ps: ProxiedStack, report: Report) -> None:
 
 def _check_usage(api: Api, users: list[tuple[dict[str, str], str]], report: Report) -> None:
     for index, (auth, project_id) in enumerate(users):
-        count = len(_list_images(api, auth, project_id))
+        images = _list_images(api, auth, project_id)
+        # A photo whose attempt ended in error is released, not paid for.
+        count = sum(1 for image in images if image.get("charge") != "released")
         used = int(api.client.get("/v1/usage", headers=auth).json()["used"])
         report.usage[f"user{index}"] = (used, count)
         if used != count:
-            report.violations.append(f"user{index}: usage says {used}, but {count} images exist")
+            report.violations.append(
+                f"user{index}: usage says {used}, but {count} images hold a charge"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,7 +176,9 @@ def proxied_stack(
         db_prefix = f"rs_{name}_{uuid.uuid4().hex[:8]}"
         names = db_names(db_prefix)
         db: dict[str, TcpProxy] = {}
-        env = {"PROJECTS_FREE_MONTHLY_LIMIT": "100000"}
+        # Billing is the one source of plan limits (it announces the free plan to projects
+        # when a user is created); projects' default covers the moments before that.
+        env = {"BILLING_LIMIT_FREE": "100000", "PROJECTS_DEFAULT_MONTHLY_LIMIT": "100000"}
         for svc in SERVICES:
             # Chained through `pg`, so that cutting `pg` still takes every database away.
             db[svc] = resources.enter_context(TcpProxy.for_url(pg_via_proxy, name=f"{svc}-db"))

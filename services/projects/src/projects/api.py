@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ from projects.media import SNIFF_BYTES, sniff_image_type
 from projects.models import Image
 from projects.schemas import (
     UPLOAD_TYPES,
+    ChargeState,
     DownloadOut,
     ImageBatchCreate,
     ImageCreate,
@@ -37,7 +39,7 @@ from projects.schemas import (
     UploadOut,
     UsageOut,
 )
-from projects.service import download_stem, upload_key
+from projects.service import ProjectsService, download_stem, upload_key
 from servicekit.errors import NotFound, ServiceError
 from servicekit.identity import CurrentIdentity
 from servicekit.pagination import encode_cursor
@@ -58,11 +60,18 @@ MAX_ZIP_IMAGES = 1000
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def image_out(image: Image) -> ImageOut:
+def image_out(image: Image, charge: ChargeState | None) -> ImageOut:
     """An image as its owner sees it."""
     out = ImageOut.model_validate(image)
     out.has_staged = image.staged_key is not None and image.status == ImageStatus.READY
+    out.charge = charge
     return out
+
+
+async def images_out(svc: ProjectsService, images: Sequence[Image]) -> list[ImageOut]:
+    """Images as their owner sees them, each with the charge of its current attempt."""
+    charges = await svc.charge_states(list(images))
+    return [image_out(image, charges[image.id]) for image in images]
 
 
 @router.post("/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectOut)
@@ -191,7 +200,7 @@ async def create_image(
 ) -> ImageOut:
     """Queue one uploaded photo for staging (send an `Idempotency-Key` to retry safely)."""
     (image,) = await svc.create_images(who, project_id, [body], idempotency_key)
-    return image_out(image)
+    return (await images_out(svc, [image]))[0]
 
 
 @router.post(
@@ -208,7 +217,7 @@ async def create_images(
 ) -> Page[ImageOut]:
     """Queue up to 50 photos at once: all are created, or none (with each problem listed)."""
     images = await svc.create_images(who, project_id, body.images, idempotency_key)
-    return Page(items=[image_out(i) for i in images])
+    return Page(items=await images_out(svc, images))
 
 
 @router.get("/projects/{project_id}/images", response_model=Page[ImageOut])
@@ -226,7 +235,7 @@ async def list_images(
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
-        items=[image_out(i) for i in rows],
+        items=await images_out(svc, rows),
         next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
     )
 
@@ -234,7 +243,7 @@ async def list_images(
 @router.get("/images/{image_id}", response_model=ImageOut)
 async def get_image(image_id: uuid.UUID, who: CurrentIdentity, svc: ServiceDep) -> ImageOut:
     """One image."""
-    return image_out(await svc.image(who, image_id))
+    return (await images_out(svc, [await svc.image(who, image_id)]))[0]
 
 
 @router.post("/images/{image_id}/restage", response_model=ImageOut)
@@ -249,7 +258,7 @@ async def restage_image(
         body.style.value if body.style else None,
         body.seed,
     )
-    return image_out(image)
+    return (await images_out(svc, [image]))[0]
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -24,6 +24,7 @@ from projects.service import (
     PRODUCER,
     UPLOADS_PREFIX,
     attempt_event,
+    release_charge,
 )
 from projects.settings import ProjectsSettings
 from servicekit.outbox import add_event
@@ -68,6 +69,8 @@ async def reconcile_images(
             image.status = ImageStatus.ERROR
             image.error = GAVE_UP_REASON
             image.updated_at = now
+            # Our failure, so the customer does not pay for it (a late success charges again).
+            await release_charge(session, image, GAVE_UP_REASON)
             # Announced like staging's failures, so live views and integrators learn of it.
             add_event(
                 session,

@@ -125,12 +125,21 @@ class Entitlement(Base):
     period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    renewal_grace_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Unrenewed past `period_end`, the plan holds until then (counted afresh from period_end)."""
+    fallback_plan_code: Mapped[str | None] = mapped_column(Text)
+    fallback_limit: Mapped[int | None] = mapped_column(Integer)
+    """The plan and allowance once this entitlement lapses unrenewed."""
     source_occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class UsageCharge(Base):
-    """One staged photo counted against a user's allowance (kept when the image is deleted)."""
+    """One attempt counted against a user's allowance (kept when the image is deleted).
+
+    Reserved when the attempt is queued; released (`refunded_at`) when it ends in `error`, and
+    taken again if the same attempt later succeeds (an admin retry).
+    """
 
     __tablename__ = "usage_charges"
 
@@ -141,8 +150,14 @@ class UsageCharge(Base):
     image_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     attempt: Mapped[int] = mapped_column(Integer)
     charged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refund_reason: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_usage_charges_user_id_charged_at", "user_id", "charged_at"),)
+    __table_args__ = (
+        Index("ix_usage_charges_user_id_charged_at", "user_id", "charged_at"),
+        # Not unique: the audit plants a duplicate charge to prove it finds one.
+        Index("ix_usage_charges_image_id_attempt", "image_id", "attempt"),
+    )
 
 
 class IdempotencyKey(Base):

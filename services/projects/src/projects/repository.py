@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, tuple_
+from sqlalchemy import Select, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import ImageStatus
 from projects.models import Entitlement, IdempotencyKey, Image, Project, UsageCharge
 from servicekit.pagination import decode_cursor
+
+
+@dataclass(frozen=True)
+class UsageCounts:
+    """Charges in a period: those held, those of attempts in flight among them, and released."""
+
+    used: int
+    released: int
+    in_flight: int
 
 
 def _page(stmt: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
@@ -153,13 +163,76 @@ class AllowanceRepository:
         return await self.session.get(Entitlement, user_id)
 
     async def used(self, user_id: uuid.UUID, start: datetime, end: datetime) -> int:
-        """Photos charged to the user within [start, end)."""
-        stmt = select(func.count()).where(
-            UsageCharge.user_id == user_id,
-            UsageCharge.charged_at >= start,
-            UsageCharge.charged_at < end,
+        """Photos charged to the user within [start, end), releases left out."""
+        return (await self.breakdown(user_id, start, end)).used
+
+    async def breakdown(self, user_id: uuid.UUID, start: datetime, end: datetime) -> UsageCounts:
+        """The period's charges: held (in flight or staged) and released (failed)."""
+        held = UsageCharge.refunded_at.is_(None)
+        in_flight = and_(
+            held,
+            Image.attempt == UsageCharge.attempt,
+            Image.status.in_((ImageStatus.QUEUED, ImageStatus.PROCESSING)),
         )
-        return int((await self.session.execute(stmt)).scalar_one())
+        stmt = (
+            select(
+                func.count().filter(held),
+                func.count().filter(UsageCharge.refunded_at.is_not(None)),
+                func.count().filter(in_flight),
+            )
+            .select_from(UsageCharge)
+            .outerjoin(Image, Image.id == UsageCharge.image_id)
+            .where(
+                UsageCharge.user_id == user_id,
+                UsageCharge.charged_at >= start,
+                UsageCharge.charged_at < end,
+            )
+        )
+        used, released, flying = (await self.session.execute(stmt)).one()
+        return UsageCounts(used=int(used), released=int(released), in_flight=int(flying))
+
+    async def release(self, image_id: uuid.UUID, attempt: int, reason: str, now: datetime) -> bool:
+        """Release an attempt's charge; False if it held none (already released, or never)."""
+        result = await self.session.execute(
+            update(UsageCharge)
+            .where(
+                UsageCharge.image_id == image_id,
+                UsageCharge.attempt == attempt,
+                UsageCharge.refunded_at.is_(None),
+            )
+            .values(refunded_at=now, refund_reason=reason)
+            .returning(UsageCharge.id)
+        )
+        return bool(result.all())
+
+    async def restore(self, image_id: uuid.UUID, attempt: int) -> bool:
+        """Take back a released charge (the attempt succeeded after all); False if none was."""
+        result = await self.session.execute(
+            update(UsageCharge)
+            .where(
+                UsageCharge.image_id == image_id,
+                UsageCharge.attempt == attempt,
+                UsageCharge.refunded_at.is_not(None),
+            )
+            .values(refunded_at=None, refund_reason=None)
+            .returning(UsageCharge.id)
+        )
+        return bool(result.all())
+
+    async def charges_of(self, images: Sequence[Image]) -> dict[uuid.UUID, list[bool]]:
+        """For each image, whether each charge of its current attempt is released."""
+        if not images:
+            return {}
+        pairs = [(image.id, image.attempt) for image in images]
+        rows = await self.session.execute(
+            select(UsageCharge.image_id, UsageCharge.refunded_at.is_not(None)).where(
+                tuple_(UsageCharge.image_id, UsageCharge.attempt).in_(pairs)
+            )
+        )
+        out: dict[uuid.UUID, list[bool]] = {}
+        for image_id, released in rows:
+            out.setdefault(image_id, []).append(bool(released))
+        return out
 
 
 class IdempotencyRepository:

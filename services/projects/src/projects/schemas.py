@@ -14,6 +14,8 @@ from servicekit.text import FileName, Name, ObjectKey
 
 T = TypeVar("T")
 
+ChargeState = Literal["reserved", "charged", "released"]
+
 ProjectName = Name
 
 
@@ -129,6 +131,15 @@ class ImageOut(BaseModel):
     model_used: str | None
     processing_time_ms: int | None
     cost_usd: Decimal | None
+    charge: ChargeState | None = Field(
+        default=None,
+        description=(
+            "What the current attempt costs the owner's allowance: `reserved` while it is being "
+            "staged, `charged` once staged, `released` when it ended in error (a failure is "
+            "never paid for; a later success of the same attempt charges it again, once). "
+            "Null when the attempt was never charged."
+        ),
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -142,14 +153,36 @@ class DownloadOut(BaseModel):
 
 
 class UsageOut(BaseModel):
-    """This period's allowance and how much of it is used."""
+    """This period's allowance and how much of it is used.
+
+    `used` = `staged` + `in_flight`; `failed` photos were released and cost nothing.
+    """
 
     plan: str
-    used: int
+    used: int = Field(description="Photos counted this period: staged plus in flight.")
     limit: int
     remaining: int
     period_start: datetime
     period_end: datetime
+    staged: int = Field(
+        default=0, description="Charged photos whose staging finished (or that were deleted)."
+    )
+    failed: int = Field(
+        default=0, description="Photos whose staging failed this period: not charged."
+    )
+    in_flight: int = Field(default=0, description="Photos reserved while they are being staged.")
+    status: str = Field(
+        default="active",
+        description=(
+            "Billing's status for the plan (`active`, `trialing`, `past_due`, `free`, ...), or "
+            "`renewal_grace` (a paid period ended and its renewal is awaited: the plan holds "
+            "until `renewal_grace_until`), `lapsed` (no renewal came: the fallback plan "
+            "applies), `default` (billing has announced nothing for this user yet)."
+        ),
+    )
+    renewal_grace_until: datetime | None = Field(
+        default=None, description="While `status` is `renewal_grace`: when the paid plan lapses."
+    )
 
 
 class ProjectSummary(BaseModel):

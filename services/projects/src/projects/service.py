@@ -8,12 +8,13 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from minio.error import S3Error
+from prometheus_client import Counter
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +31,7 @@ from contracts.events import (
     SubscriptionUpdated,
 )
 from contracts.identity import Identity
+from projects.allowance import FREE_PLAN, Terms, is_paid, terms_in_force
 from projects.errors import (
     AllowanceExceeded,
     IdempotentImagesDeleted,
@@ -38,14 +40,14 @@ from projects.errors import (
     ProjectNotFound,
 )
 from projects.media import EXTENSIONS, SNIFF_BYTES, sniff_image_type
-from projects.models import Entitlement, IdempotencyKey, Image, Project, UsageCharge
+from projects.models import IdempotencyKey, Image, Project, UsageCharge
 from projects.repository import (
     AllowanceRepository,
     IdempotencyRepository,
     ImageRepository,
     ProjectRepository,
 )
-from projects.schemas import ImageCreate, UsageOut
+from projects.schemas import ChargeState, ImageCreate, UsageOut
 from projects.settings import ProjectsSettings
 from servicekit.errors import Conflict, ServiceError
 from servicekit.outbox import add_event
@@ -56,6 +58,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}-")
 ORIGINALS_PREFIX = "originals/"
 UPLOADS_PREFIX = "uploads/"
+
+CHARGES_RELEASED = Counter(
+    "projects_charges_released_total", "Charges released because their attempt ended in error"
+)
+CHARGES_RESTORED = Counter(
+    "projects_charges_restored_total", "Released charges taken again: the attempt succeeded later"
+)
 
 
 def upload_prefix(user_id: uuid.UUID) -> str:
@@ -87,25 +96,6 @@ def download_stem(original_filename: str | None) -> str:
 def s3_url(bucket: str, key: str) -> str:
     """The `s3://bucket/key` form stored in the seed's URL columns."""
     return f"s3://{bucket}/{key}"
-
-
-def current_period(ent: Entitlement | None, now: datetime) -> tuple[datetime, datetime]:
-    """The allowance period in force: the subscription's, else the calendar month (UTC)."""
-    if ent and ent.period_start and ent.period_end and ent.period_start <= now < ent.period_end:
-        return ent.period_start, ent.period_end
-    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
-
-
-def effective_limit(ent: Entitlement | None, now: datetime, free_limit: int) -> tuple[str, int]:
-    """The plan and monthly limit in force now."""
-    if ent is None:
-        return "free", free_limit
-    if ent.period_end is not None and now >= ent.period_end and ent.plan_code != "free":
-        # The paid period ended and billing has not renewed it yet: back to free.
-        return "free", free_limit
-    return ent.plan_code, ent.monthly_limit
 
 
 @dataclass
@@ -189,35 +179,55 @@ class ProjectsService:
             raise InvalidUpload("The uploaded file is not a JPEG, PNG, WebP or HEIC image.")
         return CheckedUpload(key=key, size=info.size, content_type=kind)
 
-    async def reserve(self, who: Identity, count: int) -> None:
+    async def terms(self, user_id: uuid.UUID, now: datetime) -> Terms:
+        """The allowance in force for a user at `now`."""
+        ent = await self.allowance.get_entitlement(user_id)
+        return terms_in_force(ent, now, self.settings.default_monthly_limit)
+
+    async def reserve(self, who: Identity, count: int, now: datetime) -> None:
         """Take `count` photos from this period's allowance, or raise 402."""
-        now = datetime.now(UTC)
-        ent = await self.allowance.lock_entitlement(who.user_id, self.settings.free_monthly_limit)
-        plan, limit = effective_limit(ent, now, self.settings.free_monthly_limit)
-        start, end = current_period(ent, now)
-        used = await self.allowance.used(who.user_id, start, end)
-        remaining = max(limit - used, 0)
+        ent = await self.allowance.lock_entitlement(
+            who.user_id, self.settings.default_monthly_limit
+        )
+        terms = terms_in_force(ent, now, self.settings.default_monthly_limit)
+        used = await self.allowance.used(who.user_id, terms.period_start, terms.period_end)
+        remaining = max(terms.limit - used, 0)
         if count > remaining:
             raise AllowanceExceeded(
-                f"This needs {count} photo(s) but {remaining} of your {limit} this period remain.",
-                details={"plan": plan, "limit": limit, "used": used, "remaining": remaining},
+                f"This needs {count} photo(s) but {remaining} of your {terms.limit} this period "
+                "remain.",
+                details={
+                    "plan": terms.plan,
+                    "limit": terms.limit,
+                    "used": used,
+                    "remaining": remaining,
+                    "period_end": terms.period_end.isoformat(),
+                },
             )
 
-    async def usage(self, who: Identity) -> UsageOut:
+    async def usage(self, who: Identity, now: datetime | None = None) -> UsageOut:
         """This period's allowance and use."""
-        now = datetime.now(UTC)
-        ent = await self.allowance.get_entitlement(who.user_id)
-        plan, limit = effective_limit(ent, now, self.settings.free_monthly_limit)
-        start, end = current_period(ent, now)
-        used = await self.allowance.used(who.user_id, start, end)
+        now = now or datetime.now(UTC)
+        terms = await self.terms(who.user_id, now)
+        counts = await self.allowance.breakdown(who.user_id, terms.period_start, terms.period_end)
         return UsageOut(
-            plan=plan,
-            used=used,
-            limit=limit,
-            remaining=max(limit - used, 0),
-            period_start=start,
-            period_end=end,
+            plan=terms.plan,
+            used=counts.used,
+            limit=terms.limit,
+            remaining=max(terms.limit - counts.used, 0),
+            period_start=terms.period_start,
+            period_end=terms.period_end,
+            staged=counts.used - counts.in_flight,
+            failed=counts.released,
+            in_flight=counts.in_flight,
+            status=terms.status,
+            renewal_grace_until=terms.renewal_grace_until,
         )
+
+    async def charge_states(self, images: list[Image]) -> dict[uuid.UUID, ChargeState | None]:
+        """What each image's current attempt costs: reserved, charged, released or nothing."""
+        charges = await self.allowance.charges_of(images)
+        return {image.id: charge_state(image, charges.get(image.id, [])) for image in images}
 
     async def create_images(
         self,
@@ -273,7 +283,8 @@ class ProjectsService:
         )
         self._refuse_invalid(items, results)
         checked = [r for r in results if isinstance(r, CheckedUpload)]
-        await self.reserve(who, len(items))
+        now = datetime.now(UTC)
+        await self.reserve(who, len(items), now)
         ids = [uuid.uuid4() for _ in items]
         originals = [
             original_key(who.user_id, image_id, upload.key, upload.content_type)
@@ -302,7 +313,9 @@ class ProjectsService:
                 attempt=1,
             )
             self.session.add(image)
-            self.session.add(UsageCharge(user_id=who.user_id, image_id=image.id, attempt=1))
+            self.session.add(
+                UsageCharge(user_id=who.user_id, image_id=image.id, attempt=1, charged_at=now)
+            )
             self._queue(who, image)
             created.append(image)
         await self.session.flush()
@@ -346,21 +359,26 @@ class ProjectsService:
         style: str | None,
         seed: int | None,
     ) -> Image:
-        """Stage a photo again as a new attempt, counted against the allowance."""
+        """Stage a photo again as a new attempt, reserved now and charged only if it succeeds."""
         image = await self.image(who, image_id, lock=True)
         if image.status in (ImageStatus.QUEUED, ImageStatus.PROCESSING):
             raise Conflict("This photo is still being staged; wait until it is done.")
-        await self.reserve(who, 1)
+        now = datetime.now(UTC)
+        await self.reserve(who, 1, now)
         image.attempt += 1
         image.room_type = room_type or image.room_type
         image.style = style or image.style
         image.seed = seed if seed is not None else image.seed
         image.status = ImageStatus.QUEUED
         image.error = None
-        image.updated_at = image.attempt_queued_at = datetime.now(UTC)
+        image.updated_at = image.attempt_queued_at = now
         image.settle_requested_at = None
         image.settle_requests = 0
-        self.session.add(UsageCharge(user_id=who.user_id, image_id=image.id, attempt=image.attempt))
+        self.session.add(
+            UsageCharge(
+                user_id=who.user_id, image_id=image.id, attempt=image.attempt, charged_at=now
+            )
+        )
         self._queue(who, image)
         return image
 
@@ -383,6 +401,26 @@ class ProjectsService:
             producer=PRODUCER,
             correlation_id=who.request_id,
         )
+
+
+def charge_state(image: Image, released: list[bool]) -> ChargeState | None:
+    """The charge of an image's current attempt, from whether each of its charges is released."""
+    if not released:
+        return None
+    if all(released):
+        return "released"
+    if image.status in (ImageStatus.QUEUED, ImageStatus.PROCESSING):
+        return "reserved"
+    return "charged"
+
+
+async def release_charge(session: AsyncSession, image: Image, reason: str) -> None:
+    """Release the charge of the image's current attempt, which ended in `error` (once)."""
+    released = await AllowanceRepository(session).release(
+        image.id, image.attempt, reason[:500], datetime.now(UTC)
+    )
+    if released:
+        CHARGES_RELEASED.inc()
 
 
 Q = TypeVar("Q", bound=ImageQueued)
@@ -428,6 +466,8 @@ async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket
         # Staging's own reason, arriving after the reconciler gave up, says more than ours.
         if image.error == GAVE_UP_REASON and event.reason:
             image.error = event.reason
+        # Idempotent (only a held charge is released): a duplicate never refunds twice.
+        await release_charge(session, image, event.reason or "failed")
         return
     if not recovered and (terminal or IMAGE_STATUS_RANK[new_status] <= IMAGE_STATUS_RANK[current]):
         return
@@ -441,20 +481,41 @@ async def apply_status(session: AsyncSession, envelope: Envelope[Any], *, bucket
         image.processing_time_ms = event.duration_ms
         if event.cost_usd is not None:
             image.cost_usd = Decimal(str(event.cost_usd))
+        # An admin retry of the same attempt succeeded after its failure was released: the
+        # photo is staged, so it is charged again (only a released charge is taken back).
+        if recovered and await AllowanceRepository(session).restore(image.id, image.attempt):
+            CHARGES_RESTORED.inc()
     elif isinstance(event, ImageFailed):
         image.error = event.reason
+        await release_charge(session, image, event.reason or "failed")
 
 
 async def apply_entitlement(session: AsyncSession, envelope: Envelope[SubscriptionUpdated]) -> None:
-    """Record the allowance billing announced, ignoring announcements older than the one held."""
+    """Record the allowance billing announced, ignoring announcements older than the one held.
+
+    A move from a paid plan to free starts a fresh free period at the change, so the photos
+    used under the paid plan are not counted against the free allowance.
+    """
     event = envelope.data
     ent = await AllowanceRepository(session).lock_entitlement(event.user_id, event.monthly_limit)
     if ent.source_occurred_at is not None and ent.source_occurred_at >= envelope.occurred_at:
         return
+    period_start = event.period_start
+    if event.plan_code.value == FREE_PLAN and ent.source_occurred_at is not None:
+        held = terms_in_force(ent, envelope.occurred_at, event.monthly_limit)
+        if is_paid(held.plan):
+            period_start = max(period_start, envelope.occurred_at)
+        elif event.period_start <= held.period_start < event.period_end:
+            # A free period that began mid-month (at a lapse or an earlier move to free) keeps
+            # its start when billing announces free again.
+            period_start = held.period_start
     ent.plan_code = event.plan_code.value
     ent.monthly_limit = event.monthly_limit
-    ent.period_start = event.period_start
+    ent.period_start = period_start
     ent.period_end = event.period_end
     ent.status = event.status
+    ent.renewal_grace_until = event.renewal_grace_until
+    ent.fallback_plan_code = event.fallback_plan_code.value if event.fallback_plan_code else None
+    ent.fallback_limit = event.fallback_limit
     ent.source_occurred_at = envelope.occurred_at
     ent.updated_at = datetime.now(UTC)

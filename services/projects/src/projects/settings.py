@@ -20,7 +20,10 @@ class ProjectsSettings(ServiceSettings, S3Settings):
     max_upload_bytes: int = 25 * 1024 * 1024
     upload_url_ttl_seconds: int = 15 * 60
     download_url_ttl_seconds: int = 10 * 60
-    free_monthly_limit: int = 5
+    default_monthly_limit: int = 5
+    """The allowance of a user until billing's first `subscription.updated` for them arrives
+    (billing announces the free plan when a user is created, so this lasts seconds). Billing is
+    the one source of plan limits; keep this no higher than its free plan's."""
     settle_after_seconds: float = 900.0
     """An unfinished image with no progress for this long is asked to settle (the slowest
     backend's timeout, 300 s, plus a wide margin for a queue backlog)."""
