@@ -67,7 +67,7 @@ async def list_plans(session: SessionDep) -> PlanList:
 
 
 async def billing_out(
-    billing: BillingService, user_id: uuid.UUID, payments_enabled: bool
+    billing: BillingService, user_id: uuid.UUID, payments_enabled: bool, *, admin: bool = False
 ) -> BillingOut:
     """A user's billing state as clients (and admins) see it."""
     view = await billing.view(user_id)
@@ -84,6 +84,7 @@ async def billing_out(
         comp=CompOut.model_validate(view.comp) if view.comp else None,
         has_billing_account=view.has_customer,
         payments_enabled=payments_enabled,
+        unknown_price=view.entitlement.unknown_price if admin else None,
     )
 
 
@@ -148,7 +149,7 @@ async def grant_comp(
 ) -> BillingOut:
     """Grant a paid plan without Stripe, forever or until a date (admin)."""
     await billing.grant_comp(user_id, body.plan, body.until, admin.user_id)
-    return await billing_out(billing, user_id, api is not None)
+    return await billing_out(billing, user_id, api is not None, admin=True)
 
 
 @router.delete("/billing/admin/users/{user_id}/comp", response_model=BillingOut)
@@ -157,15 +158,15 @@ async def revoke_comp(
 ) -> BillingOut:
     """Take back a granted plan (admin)."""
     await billing.revoke_comp(user_id)
-    return await billing_out(billing, user_id, api is not None)
+    return await billing_out(billing, user_id, api is not None, admin=True)
 
 
 @router.get("/billing/admin/users/{user_id}", response_model=BillingOut)
 async def user_billing(
     user_id: uuid.UUID, _: AdminIdentity, billing: BillingDep, api: StripeDep
 ) -> BillingOut:
-    """A user's billing state (admin)."""
-    return await billing_out(billing, user_id, api is not None)
+    """A user's billing state (admin), flagging a subscription price that matches no plan."""
+    return await billing_out(billing, user_id, api is not None, admin=True)
 
 
 @router.post("/billing/admin/users/{user_id}/resync", response_model=ResyncOut)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from billing import api, consumers
 from billing.repository import PlanRepository, ProcessedEventRepository
-from billing.service import refresh_due_entitlements
+from billing.service import next_entitlement_change, refresh_due_entitlements
 from billing.settings import BillingSettings
 from billing.stripe_api import StripeApi
 from servicekit.db import unit_of_work
@@ -21,17 +21,26 @@ logger = logging.getLogger(__name__)
 
 
 async def sweep_entitlements(runtime: Runtime, settings: BillingSettings) -> None:
-    """Re-announce entitlements whose time is up, and prune old webhook records."""
+    """Re-announce entitlements whose time is up, and prune old webhook records.
+
+    It wakes when the next entitlement is due (a period ends, a renewal grace runs out), so
+    the change is announced at that moment, and at least every `entitlement_sweep_seconds`.
+    """
     while True:
+        delay = settings.entitlement_sweep_seconds
         try:
             if await refresh_due_entitlements(runtime.sessionmaker, settings):
                 runtime.relay.wake()
             await prune_processed_events(runtime, settings)
+            due = await next_entitlement_change(runtime.sessionmaker, settings)
+            if due is not None:
+                delay = min(delay, max(0.0, (due - datetime.now(UTC)).total_seconds()))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.warning("entitlement sweep paused: %s", exc)
-        await asyncio.sleep(settings.entitlement_sweep_seconds)
+        # A floor, so that more due work than one batch is taken on soon without spinning.
+        await asyncio.sleep(max(delay, 0.05))
 
 
 async def prune_processed_events(runtime: Runtime, settings: BillingSettings) -> int:
@@ -82,7 +91,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         cfg,
         title="Real Staging billing",
         routers=[api.router],
-        register_consumers=consumers.register,
+        register_consumers=lambda runtime: consumers.register(runtime, cfg),
         on_startup=[configure_plans, open_stripe],
         on_shutdown=[close_stripe],
     )

@@ -228,6 +228,38 @@ class SubscriptionRepository:
         )
         return (await self.session.scalars(stmt)).all()
 
+    async def advance_period(
+        self, stripe_subscription_id: str, start: datetime, end: datetime
+    ) -> bool:
+        """Move a paid-up subscription's period forward to one an invoice paid for.
+
+        The renewal's `invoice.paid` can arrive before (or without) the
+        `customer.subscription.updated` that carries the new period. Only the period moves,
+        and only forward; the version markers stay, so the subscription event still applies.
+        """
+        moved = await self.session.scalar(
+            update(Subscription)
+            .where(
+                Subscription.stripe_subscription_id == stripe_subscription_id,
+                Subscription.status.in_(("active", "trialing", "past_due")),
+                Subscription.current_period_end < end,
+            )
+            .values(current_period_start=start, current_period_end=end, updated_at=func.now())
+            .returning(Subscription.id)
+        )
+        return moved is not None
+
+    async def count_unknown_prices(self) -> int:
+        """Paid-up subscriptions (active, trialing, past due) whose price matches no plan."""
+        known = select(Plan.price_id).where(Plan.price_id.is_not(None))
+        count = await self.session.scalar(
+            select(func.count()).where(
+                Subscription.status.in_(("active", "trialing", "past_due")),
+                or_(Subscription.price_id.is_(None), Subscription.price_id.not_in(known)),
+            )
+        )
+        return int(count or 0)
+
     async def get(self, stripe_subscription_id: str) -> Subscription | None:
         """One subscription by its Stripe id."""
         stmt = select(Subscription).where(
@@ -252,6 +284,7 @@ class InvoiceRepository:
             "amount_paid": state.amount_paid,
             "currency": state.currency,
             "invoice_number": state.invoice_number,
+            "hosted_invoice_url": state.hosted_invoice_url,
             "stripe_event_created": version.created,
             "stripe_event_id": version.event_id,
         }
@@ -355,6 +388,14 @@ class EntitlementRepository:
             .execution_options(populate_existing=True)
         )
         return (await self.session.scalars(stmt)).one()
+
+    async def get(self, user_id: uuid.UUID) -> AnnouncedEntitlement | None:
+        """The user's last announced entitlement, unlocked."""
+        return await self.session.get(AnnouncedEntitlement, user_id, populate_existing=True)
+
+    async def next_due(self) -> datetime | None:
+        """The earliest moment at which some entitlement changes by itself."""
+        return await self.session.scalar(select(func.min(AnnouncedEntitlement.changes_at)))
 
     async def due(self, now: datetime, limit: int) -> Sequence[uuid.UUID]:
         """Users whose entitlement may have changed by the passing of time (locked)."""

@@ -70,6 +70,10 @@ class EntitlementOut(BaseModel):
     source: Literal["subscription", "comp", "free"]
     period_start: datetime
     period_end: datetime
+    renewal_grace_until: datetime | None = Field(
+        default=None,
+        description="If Stripe's renewal is not heard by `period_end`, the plan holds until then.",
+    )
 
 
 class SubscriptionOut(BaseModel):
@@ -108,6 +112,13 @@ class BillingOut(BaseModel):
     comp: CompOut | None
     has_billing_account: bool
     payments_enabled: bool
+    unknown_price: str | None = Field(
+        default=None,
+        description=(
+            "Admin view only: the price of a paid-up subscription that matches no plan "
+            "(`missing` if it has none). The user keeps their previous plan until it is fixed."
+        ),
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -123,6 +134,9 @@ class InvoiceOut(BaseModel):
     amount_paid: int
     currency: str | None
     invoice_number: str | None
+    hosted_invoice_url: str | None = Field(
+        default=None, description="Stripe's page where the invoice can be viewed and paid."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -7,9 +7,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.entitlements import (
+    GRANTING_STATUSES,
     CompFacts,
     EntitlementResult,
     PlanTerms,
@@ -36,6 +38,15 @@ from servicekit.outbox import add_event
 logger = logging.getLogger(__name__)
 
 PRODUCER = "billing"
+
+UNKNOWN_PRICES = Counter(
+    "billing_unknown_price_total",
+    "Paid-up subscription states received whose price matches no plan",
+)
+UNKNOWN_PRICE_SUBSCRIPTIONS = Gauge(
+    "billing_unknown_price_subscriptions",
+    "Paid-up subscriptions whose price matches no plan (set by the entitlement sweeper)",
+)
 
 
 @dataclass(frozen=True)
@@ -69,10 +80,20 @@ class BillingService:
         self.comps = CompRepository(session)
         self.entitlements = EntitlementRepository(session)
 
-    async def compute(self, user_id: uuid.UUID, now: datetime | None = None) -> EntitlementResult:
+    async def compute(
+        self,
+        user_id: uuid.UUID,
+        now: datetime | None = None,
+        *,
+        previous_plan: str | None = None,
+    ) -> EntitlementResult:
         """The entitlement in force for a user now, from what is stored."""
         now = now or datetime.now(UTC)
         by_price, by_code = await self.plans.terms()
+        if previous_plan is None:
+            announced = await self.entitlements.get(user_id)
+            if announced is not None and announced.announced_at is not None:
+                previous_plan = announced.plan_code
         subs = await self.subscriptions.live_for(user_id)
         comp = await self.comps.get(user_id)
         free = by_code.get(PlanCode.FREE.value, PlanTerms("free", self.settings.limit_free))
@@ -86,6 +107,7 @@ class BillingService:
                     current_period_end=s.current_period_end,
                     cancel_at=s.cancel_at,
                     cancel_at_period_end=s.cancel_at_period_end,
+                    canceled_at=s.canceled_at,
                 )
                 for s in subs
             ],
@@ -94,14 +116,18 @@ class BillingService:
             plans_by_code=by_code,
             free=free,
             grace=timedelta(days=self.settings.past_due_grace_days),
+            renewal_grace=timedelta(seconds=self.settings.renewal_grace_seconds),
             now=now,
+            previous=by_code.get(previous_plan) if previous_plan else None,
         )
 
     async def refresh_entitlement(self, user_id: uuid.UUID) -> EntitlementResult:
         """Recompute a user's entitlement and announce it (through the outbox) if it changed."""
         row = await self.entitlements.lock(user_id)
         now = datetime.now(UTC)
-        result = await self.compute(user_id, now)
+        result = await self.compute(
+            user_id, now, previous_plan=row.plan_code if row.announced_at else None
+        )
         previous = (
             EntitlementResult(
                 plan_code=row.plan_code,
@@ -110,6 +136,7 @@ class BillingService:
                 source=row.source,
                 period_start=row.period_start,
                 period_end=row.period_end,
+                renewal_grace_until=row.renewal_grace_until,
             )
             if row.announced_at is not None and row.period_start and row.period_end
             else None
@@ -125,7 +152,9 @@ class BillingService:
         row.status = result.status
         row.period_start = result.period_start
         row.period_end = result.period_end
+        row.renewal_grace_until = result.renewal_grace_until
         row.announced_at = now
+        free = await self.plans.get(PlanCode.FREE.value)
         add_event(
             self.session,
             SubscriptionUpdated(
@@ -135,6 +164,9 @@ class BillingService:
                 period_start=result.period_start,
                 period_end=result.period_end,
                 status=result.status,
+                renewal_grace_until=result.renewal_grace_until,
+                fallback_plan_code=PlanCode.FREE,
+                fallback_limit=free.monthly_limit if free else self.settings.limit_free,
             ),
             producer=PRODUCER,
             correlation_id=self.correlation_id,
@@ -223,11 +255,28 @@ class BillingService:
         if state.stripe_customer_id and state.user_hint == owner:
             await self.link_customer(owner, state.stripe_customer_id)
         if await self.subscriptions.apply(owner, state, version):
+            if state.status in GRANTING_STATUSES:
+                await self._check_price(owner, state)
             await self.refresh_entitlement(owner)
         return owner
 
+    async def _check_price(self, owner: uuid.UUID, state: SubscriptionState) -> None:
+        """Be loud about a paid-up subscription whose price matches no plan."""
+        by_price, _ = await self.plans.terms()
+        if state.price_id in by_price:
+            return
+        UNKNOWN_PRICES.inc()
+        logger.error(
+            "subscription %s of user %s is %s with price %s, which matches no plan: the user "
+            "keeps their previous entitlement until a plan is configured with this price",
+            state.stripe_subscription_id,
+            owner,
+            state.status,
+            state.price_id or "(none)",
+        )
+
     async def apply_invoice(self, state: InvoiceState, version: Version) -> uuid.UUID | None:
-        """Store an invoice state unless a newer one is stored."""
+        """Store an invoice state unless a newer one is stored; a paid one renews its period."""
         owner = await self.owner_of(
             state.stripe_customer_id, state.user_hint, state.stripe_subscription_id
         )
@@ -235,6 +284,17 @@ class BillingService:
             logger.warning("invoice %s belongs to no known user; ignored", state.stripe_invoice_id)
             return None
         await self.invoices.apply(owner, state, version)
+        if state.status != "paid":
+            return owner
+        sub_id, start, end = (
+            state.stripe_subscription_id,
+            state.service_period_start,
+            state.service_period_end,
+        )
+        if sub_id and start and end and await self.subscriptions.user_for(sub_id) == owner:
+            await self.subscriptions.advance_period(sub_id, start, end)
+        # A paid renewal is news even while its subscription event is late.
+        await self.refresh_entitlement(owner)
         return owner
 
     async def grant_comp(
@@ -248,6 +308,16 @@ class BillingService:
         """Take a comp back and announce the resulting entitlement."""
         await self.comps.revoke(user_id)
         return await self.refresh_entitlement(user_id)
+
+
+async def next_entitlement_change(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: BillingSettings
+) -> datetime | None:
+    """When the earliest entitlement changes by itself; also refreshes the unknown-price gauge."""
+    async with unit_of_work(sessionmaker) as session:
+        billing = BillingService(session, settings)
+        UNKNOWN_PRICE_SUBSCRIPTIONS.set(await billing.subscriptions.count_unknown_prices())
+        return await billing.entitlements.next_due()
 
 
 async def refresh_due_entitlements(

@@ -32,7 +32,10 @@ class BillingSettings(ServiceSettings):
     limit_pro: int = 100
     limit_business: int = 500
     past_due_grace_days: int = 7
+    renewal_grace_seconds: float = 48 * 3600.0
+    """How long a renewing paid plan holds past `period_end` while Stripe's renewal is late."""
     entitlement_sweep_seconds: float = 60.0
+    """The longest the sweeper waits between looks; it wakes earlier for a change that is due."""
     processed_events_retention_days: int = 30
 
     @field_validator("stripe_secret_key", "stripe_webhook_secret", mode="after")

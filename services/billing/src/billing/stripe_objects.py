@@ -60,6 +60,10 @@ class InvoiceState:
     currency: str | None
     invoice_number: str | None
     user_hint: uuid.UUID | None
+    hosted_invoice_url: str | None = None
+    service_period_start: datetime | None = None
+    service_period_end: datetime | None = None
+    """The subscription period the invoice's lines bill for (a renewal's new period)."""
 
 
 def timestamp(value: Any) -> datetime | None:
@@ -102,6 +106,10 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -110,7 +118,8 @@ def subscription_state(obj: dict[str, Any], *, deleted: bool = False) -> Subscri
     """Read a `subscription` object; `deleted` events always mean canceled."""
     items = _dict(obj.get("items")).get("data")
     first_item = _dict(items[0]) if isinstance(items, list) and items else {}
-    price = first_item.get("price")
+    # Older API versions and emulators send the item's `plan` (with the same id) and no `price`.
+    price = first_item.get("price") or first_item.get("plan")
     # API versions from 2025-03-31 ("basil") moved the billing period onto the items.
     period_start = obj.get("current_period_start", first_item.get("current_period_start"))
     period_end = obj.get("current_period_end", first_item.get("current_period_end"))
@@ -144,6 +153,16 @@ def invoice_state(obj: dict[str, Any], event_type: str) -> InvoiceState:
         status = "open" if event_type == "invoice.payment_failed" else "paid"
     currency = obj.get("currency")
     number = obj.get("number")
+    hosted = obj.get("hosted_invoice_url")
+    # The invoice's own period_start/end cover the period *before* a renewal invoice; the
+    # lines carry the service period being paid for.
+    periods = [
+        _dict(_dict(line).get("period"))
+        for line in _list(_dict(obj.get("lines")).get("data"))
+        if _dict(line).get("type", "subscription") == "subscription"
+    ]
+    ends = [(timestamp(p.get("end")), timestamp(p.get("start"))) for p in periods]
+    service = max(((e, s) for e, s in ends if e is not None and s is not None), default=None)
     return InvoiceState(
         stripe_invoice_id=str(obj["id"]),
         stripe_customer_id=object_id(obj.get("customer")),
@@ -154,4 +173,7 @@ def invoice_state(obj: dict[str, Any], event_type: str) -> InvoiceState:
         currency=currency if isinstance(currency, str) else None,
         invoice_number=number if isinstance(number, str) else None,
         user_hint=hint,
+        hosted_invoice_url=hosted if isinstance(hosted, str) and hosted else None,
+        service_period_start=service[1] if service else None,
+        service_period_end=service[0] if service else None,
     )

@@ -19,6 +19,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 START = NOW - timedelta(days=10)
 END = NOW + timedelta(days=20)
 GRACE = timedelta(days=7)
+RENEWAL_GRACE = timedelta(hours=48)
 FREE = PlanTerms("free", 5)
 PRO = PlanTerms("pro", 100)
 BUSINESS = PlanTerms("business", 500)
@@ -59,6 +60,7 @@ def compute(
         plans_by_code=BY_CODE,
         free=FREE,
         grace=GRACE,
+        renewal_grace=RENEWAL_GRACE,
         now=now,
     )
 
