@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
+import json
+import secrets
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from devstack.services import Stack
 from staging.backends.sample_room import sample_room
+from tests.support.stackkit import Api
 
 pytestmark = pytest.mark.e2e
 
@@ -101,4 +109,268 @@ class TestWebApp:
         page.click("#stage-button")
         page.locator("#project-error").filter(has_text="not a JPEG").wait_for(timeout=15_000)
         assert page.locator(".tile").count() == 0
+        page.close()
+
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+"""Screenshots of the pages as the browser drew them (gitignored), for a person to look at."""
+
+PHONE = {"width": 390, "height": 844}
+ALLOWED_CONSOLE_ERRORS = ("status of 503",)
+"""Chromium logs every non-2xx fetch; the 503 of checkout and portal without Stripe is expected."""
+
+
+def _screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _watch(page: Page) -> list[str]:
+    """Page errors and console errors, except the expected 503s."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not any(a in message.text for a in ALLOWED_CONSOLE_ERRORS):
+            problems.append(message.text)
+
+    page.on("console", console)
+    return problems
+
+
+def _stripe_event(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
+    created = int(time.time())
+    return {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "object": "event",
+        "api_version": "2026-10-28.endive",
+        "created": created,
+        "data": {"object": obj},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }
+
+
+def _deliver(api: Api, secret: str, event: dict[str, Any]) -> None:
+    """POST a webhook signed as Stripe signs: HMAC-SHA256 of "t.payload" under the secret."""
+    body = json.dumps(event).encode()
+    t = int(time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    resp = api.client.post(
+        "/v1/billing/webhooks/stripe",
+        content=body,
+        headers={"Stripe-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 200, resp.text
+
+
+def _subscribe_and_invoice(stack: Stack, api: Api, user_id: str) -> tuple[int, str, str]:
+    """A Pro subscription set to cancel at period end, and its first paid invoice."""
+    secret = stack.extra_env["BILLING_STRIPE_WEBHOOK_SECRET"]
+    price = stack.extra_env["BILLING_PRICE_PRO"]
+    customer, subscription = f"cus_{secrets.token_hex(7)}", f"sub_{secrets.token_hex(12)}"
+    start = int(time.time()) - 86_400
+    end = start + 30 * 86_400
+    metadata = {"user_id": user_id, "plan": "pro"}
+    checkout = {
+        "id": f"cs_test_{secrets.token_hex(12)}",
+        "object": "checkout.session",
+        "client_reference_id": user_id,
+        "customer": customer,
+        "metadata": metadata,
+        "mode": "subscription",
+        "payment_status": "paid",
+        "status": "complete",
+        "subscription": subscription,
+        "created": start,
+    }
+    item = {
+        "id": f"si_{secrets.token_hex(8)}",
+        "object": "subscription_item",
+        "price": {"id": price, "object": "price", "currency": "usd"},
+        "quantity": 1,
+        "subscription": subscription,
+        "current_period_start": start,
+        "current_period_end": end,
+    }
+    sub = {
+        "id": subscription,
+        "object": "subscription",
+        "customer": customer,
+        "status": "active",
+        "cancel_at": None,
+        "cancel_at_period_end": True,
+        "canceled_at": None,
+        "created": start,
+        "items": {"object": "list", "data": [item], "has_more": False},
+        "metadata": metadata,
+        "livemode": False,
+    }
+    number = f"RS-{secrets.token_hex(3).upper()}"
+    invoice_id = f"in_{secrets.token_hex(12)}"
+    invoice = {
+        "id": invoice_id,
+        "object": "invoice",
+        "customer": customer,
+        "status": "paid",
+        "amount_due": 2900,
+        "amount_paid": 2900,
+        "amount_remaining": 0,
+        "currency": "usd",
+        "number": number,
+        "billing_reason": "subscription_create",
+        "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
+        "livemode": False,
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": subscription, "metadata": metadata},
+        },
+    }
+    _deliver(api, secret, _stripe_event("checkout.session.completed", checkout))
+    _deliver(api, secret, _stripe_event("customer.subscription.created", sub))
+    _deliver(api, secret, _stripe_event("invoice.paid", invoice))
+    return end, number, invoice_id
+
+
+def _wait_for(condition: Callable[[], bool], what: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {within} s")
+        time.sleep(0.1)
+
+
+class TestBillingPage:
+    """Plan, usage, upgrade, the portal and invoices, as a customer sees them."""
+
+    def test_a_subscriber_sees_plan_usage_and_invoices(
+        self, stack: Stack, browser: Browser
+    ) -> None:
+        base = stack.url("gateway")
+        email = f"payer-{uuid.uuid4().hex[:6]}@example.com"
+        page = browser.new_page(
+            viewport={"width": 1280, "height": 900}, locale="en-US", timezone_id="UTC"
+        )
+        problems = _watch(page)
+        _sign_in(page, base, email)
+        with Api(base) as api:
+            auth = api.sign_in(f"dev|{email}")
+            user_id = api.client.get("/v1/me", headers=auth).json()["id"]
+            project = api.project(auth, "Billing house")
+            photo = io.BytesIO()
+            sample_room(640, 420, seed=7).save(photo, "JPEG", quality=85)
+            # A JPEG cut in half passes the upload's type check and fails in staging: our
+            # failure, so it must not be charged.
+            images: dict[str, str] = {}
+            for name, data in (("good", photo.getvalue()), ("cut", photo.getvalue()[:4000])):
+                created = api.create_image(auth, project, api.upload_key(auth, data))
+                assert created.status_code == 201, created.text
+                images[name] = created.json()["id"]
+            settled = api.wait_settled(auth, images.values(), within=60)
+            assert settled[images["cut"]]["status"] == "error"
+            assert settled[images["cut"]]["charge"] == "released"
+            period_end, number, invoice_id = _subscribe_and_invoice(stack, api, user_id)
+            _wait_for(
+                lambda: api.client.get("/v1/usage", headers=auth).json()["limit"] == 100,
+                "projects did not learn the Pro allowance",
+            )
+            usage = api.client.get("/v1/usage", headers=auth).json()
+            invoices = api.client.get("/v1/billing/invoices", headers=auth).json()["items"]
+
+        # Reach the page by keyboard from the header, as a person without a mouse would.
+        page.goto(base + "/#/")
+        page.wait_for_selector("#new-project")
+        page.focus("#billing-link")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#view[data-ready=billing]")
+        assert page.inner_text("#plan-name") == "Pro"
+        ends = datetime.fromtimestamp(period_end, UTC)
+        assert page.inner_text("#plan-status") == f"Cancels on {ends:%b} {ends.day}, {ends:%Y}"
+        assert "moves to the free plan" in page.inner_text("#plan-detail")
+        assert page.locator("#manage-billing").is_visible()
+        assert page.locator("button.upgrade[data-plan=business]").is_visible()
+
+        legend = dict(
+            page.eval_on_selector_all(
+                "#usage-legend li",
+                "lis => lis.map(li => [li.dataset.key, li.querySelector('strong').textContent])",
+            )
+        )
+        assert (usage["staged"], usage["failed"], usage["in_flight"]) == (1, 1, 0)
+        assert legend == {"staged": "1", "flight": "0", "failed": "1", "left": "99"}
+        summary = page.get_attribute("#usage-bar", "aria-label") or ""
+        assert "1 of 100 photos used" in summary
+        assert "1 failed and not charged" in summary
+        filled = page.eval_on_selector(
+            "#usage-bar", "bar => [...bar.children].reduce((w, s) => w + s.offsetWidth, 0)"
+        )
+        assert filled > 0
+
+        row = page.locator("#invoice-rows tr").filter(has_text=number)
+        assert row.count() == 1
+        assert "$29.00" in row.inner_text()
+        assert "Paid" in row.inner_text()
+        link = row.locator("a")
+        assert link.get_attribute("href") == invoices[0]["hosted_invoice_url"]
+        assert link.get_attribute("href") == f"https://invoice.stripe.test/i/{invoice_id}"
+        assert link.get_attribute("target") == "_blank"
+        _screenshot(page, "billing-subscriber-desktop")
+
+        # Without a Stripe key the portal answers 503: the message is shown, the page stays.
+        page.click("#manage-billing")
+        page.locator("#billing-error").filter(has_text="not configured").wait_for()
+        assert page.locator("#manage-billing").is_enabled()
+
+        # The failed photo's tile says it was not charged; the staged one says nothing.
+        page.goto(f"{base}/#/projects/{project}")
+        page.wait_for_selector("#view[data-ready=project]")
+        failed = page.locator(".tile").filter(has=page.locator(".status.error"))
+        failed.locator(".charge").wait_for()
+        assert failed.locator(".charge").inner_text() == "Not charged"
+        assert page.locator(".charge").count() == 1
+        _screenshot(page, "project-not-charged-desktop")
+        assert problems == []
+        page.close()
+
+    def test_checkout_without_stripe_shows_the_message_on_a_phone(
+        self, stack: Stack, browser: Browser
+    ) -> None:
+        base = stack.url("gateway")
+        page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+        problems = _watch(page)
+        _sign_in(page, base, f"free-{uuid.uuid4().hex[:6]}@example.com")
+        _screenshot(page, "projects-phone")
+        page.click("#upgrade")
+        page.wait_for_selector("#view[data-ready=billing]")
+        assert page.inner_text("#plan-status") == "Free"
+        assert page.locator("#invoices").is_hidden()
+        assert page.inner_text("#no-invoices") == "No invoices yet."
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+        _screenshot(page, "billing-free-phone")
+
+        upgrade = page.locator("button.upgrade[data-plan=pro]")
+        upgrade.focus()
+        page.keyboard.press("Enter")
+        page.locator("#billing-error").filter(has_text="not configured").wait_for()
+        assert upgrade.is_enabled()
+        assert page.url.startswith(base)
+        _screenshot(page, "billing-checkout-503-phone")
+        assert problems == []
+        page.close()
+
+    def test_stripe_return_url_opens_the_billing_page_with_a_notice(
+        self, stack: Stack, browser: Browser
+    ) -> None:
+        base = stack.url("gateway")
+        page = browser.new_page()
+        problems = _watch(page)
+        _sign_in(page, base, f"back-{uuid.uuid4().hex[:6]}@example.com")
+        page.goto(base + "/billing?checkout=canceled")
+        page.wait_for_selector("#view[data-ready=billing]")
+        assert "nothing was charged" in page.inner_text("#billing-notice")
+        assert page.url == base + "/#/billing"
+        assert problems == []
         page.close()

@@ -1,8 +1,10 @@
-// The Real Staging web app: projects, uploads, live staging status and downloads.
+// The Real Staging web app: projects, uploads, live staging status, downloads and billing.
 // Plain modules, no build step; everything goes through the gateway's public API.
 
 const view = document.getElementById("view");
-const state = { token: sessionStorage.getItem("rs-token"), catalog: null, me: null, stream: null };
+const state = {
+  token: sessionStorage.getItem("rs-token"), catalog: null, me: null, stream: null, notice: null,
+};
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -230,6 +232,10 @@ async function showProject(projectId) {
         el("span", { class: "muted" }, `${label(catalog.room_types, image.room_type)} · ${label(catalog.styles, image.style)}`)),
     ];
     if (image.error) parts.push(el("p", { class: "reason" }, image.error));
+    // `charge` is the current attempt's: a released reservation means we failed, so no charge.
+    if (image.charge === "released") {
+      parts[1].append(el("span", { class: "charge" }, "Not charged"));
+    }
     tile.replaceChildren(...parts, tools);
     fillCompare(compare, image);
     if (image.has_staged) {
@@ -409,13 +415,203 @@ function label(entries, value) {
   return entries.find((e) => e.value === value)?.label || value || "";
 }
 
-async function upgrade() {
-  try {
-    const { url } = await api("/v1/billing/checkout", { method: "POST", json: { plan: "pro" } });
-    location.href = url;
-  } catch (err) {
-    alert(err.message);
+// Billing: plan and status, this period's usage, upgrade (Stripe Checkout), the billing portal
+// and invoices. Stripe sends the browser back to /billing?checkout=...; that becomes #/billing.
+function takeBillingReturn() {
+  if (location.pathname !== "/billing") return;
+  const outcome = new URLSearchParams(location.search).get("checkout");
+  if (outcome === "success") {
+    state.notice = "Thank you! Your subscription is being set up and shows here within a few moments.";
+  } else if (outcome === "canceled") {
+    state.notice = "Checkout was canceled; nothing was charged.";
   }
+  history.replaceState(null, "", "/#/billing");
+}
+
+const DATE = { year: "numeric", month: "short", day: "numeric" };
+
+function day(value) {
+  return value ? new Date(value).toLocaleDateString(undefined, DATE) : "";
+}
+
+function money(cents, currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency: (currency || "usd").toUpperCase() })
+      .format(cents / 100);
+  } catch {
+    return `${(cents / 100).toFixed(2)} ${currency || ""}`.trim();
+  }
+}
+
+function capitalize(text) {
+  const words = String(text || "").replace(/_/g, " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+// What the plan panel says: a badge and a sentence, from the entitlement and the subscription.
+function describePlan(billing, usage) {
+  const { entitlement: ent, subscription: sub, comp } = billing;
+  const cancelsAt = sub && (sub.cancel_at || (sub.cancel_at_period_end ? sub.current_period_end : null));
+  const graceUntil = usage?.renewal_grace_until || ent.renewal_grace_until;
+  if (ent.source === "free") {
+    return { badge: "Free", tone: "quiet", detail: `${ent.monthly_limit} photos a month. Upgrade for more.` };
+  }
+  if (ent.source === "comp") {
+    return {
+      badge: "Complimentary", tone: "",
+      detail: comp?.until ? `Granted by our team until ${day(comp.until)}.` : "Granted by our team.",
+    };
+  }
+  if (ent.status === "past_due") {
+    return {
+      badge: "Past due", tone: "bad",
+      detail: `Your last payment did not go through and Stripe is retrying it. Your plan stays active until ${day(ent.period_end)}; update your card under Manage billing.`,
+    };
+  }
+  if (cancelsAt) {
+    return {
+      badge: `Cancels on ${day(cancelsAt)}`, tone: "warn",
+      detail: `Your plan stays active until ${day(cancelsAt)}, then moves to the free plan.`,
+    };
+  }
+  if (ent.status === "trialing") {
+    return { badge: "Trial", tone: "", detail: `Your trial runs until ${day(sub?.current_period_end || ent.period_end)}.` };
+  }
+  const renews = sub?.current_period_end || ent.period_end;
+  // A renewal grace is announced with every renewing plan; it matters once the period is over
+  // and Stripe's renewal has not arrived yet (it can come hours late).
+  if (graceUntil && (usage?.status === "renewal_grace" || Date.now() >= new Date(renews).getTime())) {
+    return {
+      badge: "Renewal pending", tone: "warn",
+      detail: `We have not yet heard about your renewal; your plan stays in force until ${day(graceUntil)}.`,
+    };
+  }
+  return { badge: capitalize(ent.status), tone: "", detail: `Renews on ${day(renews)}.` };
+}
+
+function renderPlan(billing, usage, plans) {
+  const { badge, tone, detail } = describePlan(billing, usage);
+  document.getElementById("plan-name").textContent = billing.plan.name;
+  const status = document.getElementById("plan-status");
+  status.textContent = badge;
+  status.className = `badge ${tone}`.trim();
+  document.getElementById("plan-detail").textContent = detail;
+  const actions = document.getElementById("plan-actions");
+  const error = document.getElementById("billing-error");
+  const upgrades = plans.filter((p) => p.purchasable && p.monthly_limit > billing.entitlement.monthly_limit);
+  for (const plan of upgrades) {
+    actions.append(el("button", {
+      type: "button", class: "upgrade", "data-plan": plan.code,
+      onclick: (event) => redirectTo(event.currentTarget, "/v1/billing/checkout", { plan: plan.code }, error),
+    }, `Upgrade to ${plan.name} · ${money(plan.price_cents, plan.currency)}/month · ${plan.monthly_limit} photos`));
+  }
+  if (billing.has_billing_account) {
+    actions.append(el("button", {
+      type: "button", id: "manage-billing", class: "secondary",
+      onclick: (event) => redirectTo(event.currentTarget, "/v1/billing/portal", undefined, error),
+    }, "Manage billing"));
+  }
+}
+
+// Checkout and the portal answer with a Stripe URL; without Stripe configured, a 503 whose
+// message is shown as it is.
+async function redirectTo(button, path, json, error) {
+  error.textContent = "";
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const { url } = await api(path, { method: "POST", json });
+    location.assign(url);
+  } catch (err) {
+    error.textContent = err.message;
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+// The bar shows what counts against the allowance (staged, in flight); failed photos are
+// listed beside it because they are not charged. Older servers only report `used`.
+function renderUsage(usage) {
+  const bar = document.getElementById("usage-bar");
+  const legend = document.getElementById("usage-legend");
+  document.getElementById("usage-period").textContent =
+    `${capitalize(usage.plan)} plan · ${day(usage.period_start)} – ${day(usage.period_end)}`;
+  const limit = Math.max(usage.limit, 0);
+  const detailed = typeof usage.staged === "number";
+  const segments = detailed
+    ? [["staged", "Staged", usage.staged], ["flight", "In progress", usage.in_flight ?? 0]]
+    : [["used", "Used", usage.used]];
+  let filled = 0;
+  for (const [key, , count] of segments) {
+    const share = limit ? Math.min(100 - filled, (100 * count) / limit) : 0;
+    filled += share;
+    const part = el("span", { class: `seg-${key}` });
+    // Set through the CSSOM: the page's CSP allows no inline style attributes.
+    part.style.width = `${share}%`;
+    bar.append(part);
+  }
+  const items = segments.map(([key, name, count]) => [key, name, count]);
+  if (detailed) items.push(["failed", "Failed, not charged", usage.failed ?? 0]);
+  items.push(["left", "Left", usage.remaining]);
+  legend.replaceChildren(...items.map(([key, name, count]) => el("li", { "data-key": key },
+    el("span", { class: `key key-${key}`, "aria-hidden": "true" }), `${name} `, el("strong", {}, String(count)))));
+  const summary = detailed
+    ? `${usage.used} of ${usage.limit} photos used: ${usage.staged} staged, ${usage.in_flight ?? 0} in progress; ${usage.failed ?? 0} failed and not charged; ${usage.remaining} left`
+    : `${usage.used} of ${usage.limit} photos used; ${usage.remaining} left`;
+  bar.setAttribute("aria-label", summary);
+  bar.title = summary;
+  document.getElementById("usage-note").textContent = detailed
+    ? `${usage.used} of ${usage.limit} photos this period. Photos we fail to stage are never charged.`
+    : `${usage.used} of ${usage.limit} photos this period.`;
+}
+
+async function renderInvoices() {
+  const table = document.getElementById("invoices");
+  const rows = document.getElementById("invoice-rows");
+  const more = document.getElementById("more-invoices");
+  let cursor = null;
+  async function page() {
+    const data = await api(`/v1/billing/invoices?limit=12${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    for (const invoice of data.items) {
+      const paid = invoice.status === "paid";
+      const url = invoice.hosted_invoice_url || invoice.invoice_pdf;
+      const name = invoice.invoice_number || invoice.stripe_invoice_id;
+      rows.append(el("tr", {},
+        el("td", {}, day(invoice.created_at)),
+        el("td", {}, name),
+        el("td", { class: "amount" }, money(paid ? invoice.amount_paid : invoice.amount_due, invoice.currency)),
+        el("td", {}, capitalize(invoice.status)),
+        el("td", { class: "link" }, url
+          ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", "aria-label": `View invoice ${name} (opens Stripe)` }, "View")
+          : "")));
+    }
+    table.hidden = !rows.children.length;
+    document.getElementById("no-invoices").hidden = rows.children.length > 0;
+    cursor = data.next_cursor;
+    more.hidden = !cursor;
+  }
+  more.addEventListener("click", page);
+  await page();
+}
+
+async function showBilling() {
+  template("billing-tpl");
+  const notice = document.getElementById("billing-notice");
+  if (state.notice) {
+    notice.textContent = state.notice;
+    notice.hidden = false;
+    state.notice = null;
+  }
+  const [billing, usage, plans] = await Promise.all([
+    api("/v1/billing/subscription"),
+    api("/v1/usage").catch(() => null),
+    api("/v1/plans", { auth: false }).then((data) => data.items).catch(() => []),
+  ]);
+  renderPlan(billing, usage, plans);
+  if (usage) renderUsage(usage);
+  else document.getElementById("usage-note").textContent = "Usage is unavailable right now; try again shortly.";
+  await renderInvoices();
+  view.dataset.ready = "billing";
 }
 
 async function route() {
@@ -424,10 +620,14 @@ async function route() {
     document.getElementById("account").hidden = true;
     return showSignIn();
   }
+  const billingLink = document.getElementById("billing-link");
+  if (location.hash === "#/billing") billingLink.setAttribute("aria-current", "page");
+  else billingLink.removeAttribute("aria-current");
   try {
     await refreshAccount();
     const match = location.hash.match(/^#\/projects\/([0-9a-f-]{36})$/);
     if (match) await showProject(match[1]);
+    else if (location.hash === "#/billing") await showBilling();
     else await showProjects();
   } catch (err) {
     view.replaceChildren(el("section", { class: "card" }, el("p", { class: "error" }, err.message)));
@@ -435,6 +635,6 @@ async function route() {
 }
 
 document.getElementById("signout").addEventListener("click", signOut);
-document.getElementById("upgrade").addEventListener("click", upgrade);
 window.addEventListener("hashchange", route);
+takeBillingReturn();
 finishAuth0().finally(route);
