@@ -51,11 +51,16 @@ class Customer:
     subscription_id: str = field(default_factory=lambda: f"sub_{secrets.token_hex(12)}")
     period_start: int = field(default_factory=lambda: int(time.time()) - 86_400)
     new_api: bool = True
+    period_seconds: int = 30 * 86_400
 
     @property
     def period_end(self) -> int:
-        """A month after the period start."""
-        return self.period_start + 30 * 86_400
+        """A period (a month unless told otherwise) after the period start."""
+        return self.period_start + self.period_seconds
+
+    def renew(self) -> None:
+        """Move to the next period, as Stripe does when it renews the subscription."""
+        self.period_start = self.period_end
 
     def checkout_completed(self, created: int) -> dict[str, Any]:
         """`checkout.session.completed` for a subscription-mode session."""
@@ -81,20 +86,28 @@ class Customer:
         cancel_at_period_end: bool = False,
         canceled_at: int | None = None,
         cancel_at: int | None = None,
+        legacy_plan: bool = False,
     ) -> dict[str, Any]:
-        """A `subscription` object (periods on the item for newer API versions)."""
+        """A `subscription` object (periods on the item for newer API versions).
+
+        `legacy_plan` sends the item's `plan` and no `price`, as older API versions and some
+        emulators do.
+        """
         item: dict[str, Any] = {
             "id": f"si_{secrets.token_hex(8)}",
             "object": "subscription_item",
-            "price": {
+            "quantity": 1,
+            "subscription": self.subscription_id,
+        }
+        if legacy_plan:
+            item["plan"] = {"id": price_id, "object": "plan", "interval": "month"}
+        else:
+            item["price"] = {
                 "id": price_id,
                 "object": "price",
                 "currency": "usd",
                 "recurring": {"interval": "month"},
-            },
-            "quantity": 1,
-            "subscription": self.subscription_id,
-        }
+            }
         obj: dict[str, Any] = {
             "id": self.subscription_id,
             "object": "subscription",
@@ -126,9 +139,19 @@ class Customer:
         )
 
     def invoice(
-        self, invoice_id: str, status: str, amount_due: int, amount_paid: int, number: str
+        self,
+        invoice_id: str,
+        status: str,
+        amount_due: int,
+        amount_paid: int,
+        number: str,
+        *,
+        service_period: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """An `invoice` object (the subscription under `parent` for newer API versions)."""
+        """An `invoice` object (the subscription under `parent` for newer API versions).
+
+        `service_period` adds a subscription line billing for that period (a renewal).
+        """
         obj: dict[str, Any] = {
             "id": invoice_id,
             "object": "invoice",
@@ -140,8 +163,19 @@ class Customer:
             "currency": "usd",
             "number": number,
             "billing_reason": "subscription_cycle",
+            "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
             "livemode": False,
         }
+        if service_period is not None:
+            line: dict[str, Any] = {
+                "id": f"il_{secrets.token_hex(8)}",
+                "object": "line_item",
+                "amount": amount_due,
+                "period": {"start": service_period[0], "end": service_period[1]},
+            }
+            if not self.new_api:
+                line["type"] = "subscription"
+            obj["lines"] = {"object": "list", "data": [line], "has_more": False}
         details = {
             "subscription": self.subscription_id,
             "metadata": {"user_id": str(self.user_id), "plan": "pro"},
