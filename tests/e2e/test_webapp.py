@@ -11,12 +11,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
 
 from devstack.services import Stack
 from staging.backends.sample_room import sample_room
@@ -115,7 +116,7 @@ class TestWebApp:
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 """Screenshots of the pages as the browser drew them (gitignored), for a person to look at."""
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 ALLOWED_CONSOLE_ERRORS = ("status of 503",)
 """Chromium logs every non-2xx fetch; the 503 of checkout and portal without Stripe is expected."""
 
@@ -153,85 +154,110 @@ def _stripe_event(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _deliver(api: Api, secret: str, event: dict[str, Any]) -> None:
-    """POST a webhook signed as Stripe signs: HMAC-SHA256 of "t.payload" under the secret."""
-    body = json.dumps(event).encode()
-    t = int(time.time())
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    resp = api.client.post(
-        "/v1/billing/webhooks/stripe",
-        content=body,
-        headers={"Stripe-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"},
-    )
-    assert resp.status_code == 200, resp.text
+@dataclass
+class _Customer:
+    """One user's Stripe objects, delivered as signed webhooks through the gateway."""
+
+    stack: Stack
+    api: Api
+    user_id: str
+    customer: str = field(default_factory=lambda: f"cus_{secrets.token_hex(7)}")
+    subscription: str = field(default_factory=lambda: f"sub_{secrets.token_hex(12)}")
+
+    def deliver(self, event_type: str, obj: dict[str, Any]) -> None:
+        """POST an event signed as Stripe signs: HMAC-SHA256 of "t.payload" under the secret."""
+        secret = self.stack.extra_env["BILLING_STRIPE_WEBHOOK_SECRET"]
+        body = json.dumps(_stripe_event(event_type, obj)).encode()
+        t = int(time.time())
+        mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+        resp = self.api.client.post(
+            "/v1/billing/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 200, resp.text
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """What our checkout puts on Stripe's objects."""
+        return {"user_id": self.user_id, "plan": "pro"}
+
+    def subscribe(
+        self, *, start: int, end: int, status: str = "active", cancel_at_period_end: bool = False
+    ) -> None:
+        """A completed checkout, then the Pro subscription it created."""
+        checkout = {
+            "id": f"cs_test_{secrets.token_hex(12)}",
+            "object": "checkout.session",
+            "client_reference_id": self.user_id,
+            "customer": self.customer,
+            "metadata": self.metadata,
+            "mode": "subscription",
+            "payment_status": "paid",
+            "status": "complete",
+            "subscription": self.subscription,
+            "created": start,
+        }
+        item = {
+            "id": f"si_{secrets.token_hex(8)}",
+            "object": "subscription_item",
+            "price": {
+                "id": self.stack.extra_env["BILLING_PRICE_PRO"],
+                "object": "price",
+                "currency": "usd",
+            },
+            "quantity": 1,
+            "subscription": self.subscription,
+            "current_period_start": start,
+            "current_period_end": end,
+        }
+        sub = {
+            "id": self.subscription,
+            "object": "subscription",
+            "customer": self.customer,
+            "status": status,
+            "cancel_at": None,
+            "cancel_at_period_end": cancel_at_period_end,
+            "canceled_at": None,
+            "created": start,
+            "items": {"object": "list", "data": [item], "has_more": False},
+            "metadata": self.metadata,
+            "livemode": False,
+        }
+        self.deliver("checkout.session.completed", checkout)
+        self.deliver("customer.subscription.created", sub)
+
+    def paid_invoice(self, number: str, cents: int) -> str:
+        """A paid invoice of the subscription, with Stripe's hosted page; returns its id."""
+        invoice_id = f"in_{secrets.token_hex(12)}"
+        invoice = {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": self.customer,
+            "status": "paid",
+            "amount_due": cents,
+            "amount_paid": cents,
+            "amount_remaining": 0,
+            "currency": "usd",
+            "number": number,
+            "billing_reason": "subscription_create",
+            "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
+            "livemode": False,
+            "parent": {
+                "type": "subscription_details",
+                "subscription_details": {
+                    "subscription": self.subscription,
+                    "metadata": self.metadata,
+                },
+            },
+        }
+        self.deliver("invoice.paid", invoice)
+        return invoice_id
 
 
-def _subscribe_and_invoice(stack: Stack, api: Api, user_id: str) -> tuple[int, str, str]:
-    """A Pro subscription set to cancel at period end, and its first paid invoice."""
-    secret = stack.extra_env["BILLING_STRIPE_WEBHOOK_SECRET"]
-    price = stack.extra_env["BILLING_PRICE_PRO"]
-    customer, subscription = f"cus_{secrets.token_hex(7)}", f"sub_{secrets.token_hex(12)}"
-    start = int(time.time()) - 86_400
-    end = start + 30 * 86_400
-    metadata = {"user_id": user_id, "plan": "pro"}
-    checkout = {
-        "id": f"cs_test_{secrets.token_hex(12)}",
-        "object": "checkout.session",
-        "client_reference_id": user_id,
-        "customer": customer,
-        "metadata": metadata,
-        "mode": "subscription",
-        "payment_status": "paid",
-        "status": "complete",
-        "subscription": subscription,
-        "created": start,
-    }
-    item = {
-        "id": f"si_{secrets.token_hex(8)}",
-        "object": "subscription_item",
-        "price": {"id": price, "object": "price", "currency": "usd"},
-        "quantity": 1,
-        "subscription": subscription,
-        "current_period_start": start,
-        "current_period_end": end,
-    }
-    sub = {
-        "id": subscription,
-        "object": "subscription",
-        "customer": customer,
-        "status": "active",
-        "cancel_at": None,
-        "cancel_at_period_end": True,
-        "canceled_at": None,
-        "created": start,
-        "items": {"object": "list", "data": [item], "has_more": False},
-        "metadata": metadata,
-        "livemode": False,
-    }
-    number = f"RS-{secrets.token_hex(3).upper()}"
-    invoice_id = f"in_{secrets.token_hex(12)}"
-    invoice = {
-        "id": invoice_id,
-        "object": "invoice",
-        "customer": customer,
-        "status": "paid",
-        "amount_due": 2900,
-        "amount_paid": 2900,
-        "amount_remaining": 0,
-        "currency": "usd",
-        "number": number,
-        "billing_reason": "subscription_create",
-        "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
-        "livemode": False,
-        "parent": {
-            "type": "subscription_details",
-            "subscription_details": {"subscription": subscription, "metadata": metadata},
-        },
-    }
-    _deliver(api, secret, _stripe_event("checkout.session.completed", checkout))
-    _deliver(api, secret, _stripe_event("customer.subscription.created", sub))
-    _deliver(api, secret, _stripe_event("invoice.paid", invoice))
-    return end, number, invoice_id
+def _day(moment: datetime) -> str:
+    """A date as the page writes it in en-US: `Dec 30, 2026`."""
+    return f"{moment:%b} {moment.day}, {moment:%Y}"
 
 
 def _wait_for(condition: Callable[[], bool], what: str, within: float = 30) -> None:
@@ -271,7 +297,13 @@ class TestBillingPage:
             settled = api.wait_settled(auth, images.values(), within=60)
             assert settled[images["cut"]]["status"] == "error"
             assert settled[images["cut"]]["charge"] == "released"
-            period_end, number, invoice_id = _subscribe_and_invoice(stack, api, user_id)
+            stripe = _Customer(stack, api, user_id)
+            period_end = int(time.time()) + 29 * 86_400
+            stripe.subscribe(
+                start=period_end - 30 * 86_400, end=period_end, cancel_at_period_end=True
+            )
+            number = f"RS-{secrets.token_hex(3).upper()}"
+            invoice_id = stripe.paid_invoice(number, 2900)
             _wait_for(
                 lambda: api.client.get("/v1/usage", headers=auth).json()["limit"] == 100,
                 "projects did not learn the Pro allowance",
@@ -287,7 +319,7 @@ class TestBillingPage:
         page.wait_for_selector("#view[data-ready=billing]")
         assert page.inner_text("#plan-name") == "Pro"
         ends = datetime.fromtimestamp(period_end, UTC)
-        assert page.inner_text("#plan-status") == f"Cancels on {ends:%b} {ends.day}, {ends:%Y}"
+        assert page.inner_text("#plan-status") == f"Cancels on {_day(ends)}"
         assert "moves to the free plan" in page.inner_text("#plan-detail")
         assert page.locator("#manage-billing").is_visible()
         assert page.locator("button.upgrade[data-plan=business]").is_visible()
@@ -331,6 +363,48 @@ class TestBillingPage:
         assert failed.locator(".charge").inner_text() == "Not charged"
         assert page.locator(".charge").count() == 1
         _screenshot(page, "project-not-charged-desktop")
+        assert problems == []
+        page.close()
+
+    @pytest.mark.parametrize(
+        ("status", "ends_in_hours", "badge", "phrase", "until"),
+        [
+            ("trialing", 24 * 14, "Trial", "Your trial runs until", "period_end"),
+            ("past_due", 24, "Past due", "stays active until", "period_end"),
+            ("active", -1, "Renewal pending", "stays in force until", "renewal_grace_until"),
+        ],
+    )
+    def test_the_plan_status_says_what_billing_knows(
+        self,
+        stack: Stack,
+        browser: Browser,
+        status: str,
+        ends_in_hours: int,
+        badge: str,
+        phrase: str,
+        until: str,
+    ) -> None:
+        base = stack.url("gateway")
+        email = f"{status}-{uuid.uuid4().hex[:6]}@example.com"
+        page = browser.new_page(locale="en-US", timezone_id="UTC")
+        problems = _watch(page)
+        _sign_in(page, base, email)
+        with Api(base) as api:
+            auth = api.sign_in(f"dev|{email}")
+            user_id = api.client.get("/v1/me", headers=auth).json()["id"]
+            end = int(time.time()) + ends_in_hours * 3600
+            stripe = _Customer(stack, api, user_id)
+            stripe.subscribe(start=end - 30 * 86_400, end=end, status=status)
+            billing = api.client.get("/v1/billing/subscription", headers=auth).json()
+        # Billing's own view is updated by the webhook itself: no event to wait for.
+        entitlement = billing["entitlement"]
+        assert (entitlement["plan_code"], entitlement["status"]) == ("pro", status)
+        page.goto(base + "/#/billing")
+        page.wait_for_selector("#view[data-ready=billing]")
+        assert page.inner_text("#plan-status") == badge
+        moment = datetime.fromisoformat(entitlement[until]).astimezone(UTC)
+        assert f"{phrase} {_day(moment)}" in page.inner_text("#plan-detail")
+        _screenshot(page, f"billing-{status}-desktop")
         assert problems == []
         page.close()
 
