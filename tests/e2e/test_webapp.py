@@ -349,6 +349,11 @@ class TestBillingPage:
         assert link.get_attribute("href") == f"https://invoice.stripe.test/i/{invoice_id}"
         assert link.get_attribute("target") == "_blank"
         _screenshot(page, "billing-subscriber-desktop")
+        page.set_viewport_size(PHONE)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+        _screenshot(page, "billing-subscriber-phone")
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         # Without a Stripe key the portal answers 503: the message is shown, the page stays.
         page.click("#manage-billing")

@@ -577,10 +577,10 @@ async function renderInvoices() {
       const url = invoice.hosted_invoice_url || invoice.invoice_pdf;
       const name = invoice.invoice_number || invoice.stripe_invoice_id;
       rows.append(el("tr", {},
-        el("td", {}, day(invoice.created_at)),
-        el("td", {}, name),
+        el("td", { class: "date" }, day(invoice.created_at)),
+        el("td", { class: "number" }, name),
         el("td", { class: "amount" }, money(paid ? invoice.amount_paid : invoice.amount_due, invoice.currency)),
-        el("td", {}, capitalize(invoice.status)),
+        el("td", { class: "state" }, capitalize(invoice.status)),
         el("td", { class: "link" }, url
           ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", "aria-label": `View invoice ${name} (opens Stripe)` }, "View")
           : "")));
