@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,13 @@ from fastapi import FastAPI
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from servicekit.runtime import Runtime
-from servicekit.testing import TEST_INTERNAL_SECRET, InfraUrls, running, wait_for
+from servicekit.testing import (
+    TEST_INTERNAL_SECRET,
+    InfraUrls,
+    private_vhost,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +34,21 @@ async def database_url(database_factory: Callable[..., Any]) -> str:
     return str(await database_factory("gateway"))
 
 
+@pytest.fixture(scope="module")
+def amqp_url(infra: InfraUrls) -> Iterator[str]:
+    """A virtual host of this module's own: no consumer of another test takes a replayed message."""
+    with private_vhost(amqp_url) as url:
+        yield url
+
+
 @asynccontextmanager
 async def gateway(
-    infra: InfraUrls, database_url: str, tmp_path: Path
+    amqp_url: str, database_url: str, tmp_path: Path
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = GatewaySettings(
         environment="development",
         database_url=database_url,
-        amqp_url=infra.amqp_url,
+        amqp_url=amqp_url,
         internal_secret=TEST_INTERNAL_SECRET,
         dev_key_path=tmp_path / "dev-issuer.pem",
         public_url="http://gw",
@@ -92,9 +105,9 @@ async def message_ids(amqp_url: str, queue: str) -> set[str | None]:
 
 class TestDeadLetterAdmin:
     async def test_only_admins_may_use_it(
-        self, infra: InfraUrls, database_url: str, tmp_path: Path
+        self, amqp_url: str, database_url: str, tmp_path: Path
     ) -> None:
-        async with gateway(infra, database_url, tmp_path) as (_, client):
+        async with gateway(amqp_url, database_url, tmp_path) as (_, client):
             user = await sign_in(client)
             anonymous = await client.get("/v1/admin/dead-letters")
             assert anonymous.status_code == 401
@@ -109,12 +122,12 @@ class TestDeadLetterAdmin:
                 assert refused.json()["error"] == "forbidden"
 
     async def test_admin_lists_shows_replays_and_purges(
-        self, infra: InfraUrls, database_url: str, tmp_path: Path
+        self, amqp_url: str, database_url: str, tmp_path: Path
     ) -> None:
-        async with gateway(infra, database_url, tmp_path) as (_, client):
+        async with gateway(amqp_url, database_url, tmp_path) as (_, client):
             admin = await sign_in(client, "dev|root")
-            await park(infra.amqp_url, "billing.users", "m-1")
-            await park(infra.amqp_url, "billing.users", "m-2")
+            await park(amqp_url, "billing.users", "m-1")
+            await park(amqp_url, "billing.users", "m-2")
 
             async def listed() -> Any:
                 body = (await client.get("/v1/admin/dead-letters", headers=admin)).json()
@@ -140,7 +153,7 @@ class TestDeadLetterAdmin:
             )
             assert replayed.json() == {"replayed": 1}
             # Billing does not run here: the replayed message waits in its own queue.
-            await wait_for(lambda: _has(message_ids(infra.amqp_url, "billing.users"), "m-1"))
+            await wait_for(lambda: _has(message_ids(amqp_url, "billing.users"), "m-1"))
             purged = await client.delete(
                 "/v1/admin/dead-letters/billing.users",
                 params={"message_id": "m-2"},
