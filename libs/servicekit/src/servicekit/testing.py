@@ -272,3 +272,49 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
+
+
+def schema_drift(connection: Any, metadata: Any, tables: frozenset[str]) -> list[Any]:
+    """What autogenerate would change to make the database match `metadata` (its `tables` only).
+
+    Every service's models share one declarative base, so the comparison is limited to the
+    tables the service owns.
+    """
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    def ours(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return type_ != "table" or name in tables
+
+    context = MigrationContext.configure(connection, opts={"include_object": ours})
+    return list(compare_metadata(context, metadata))
+
+
+def owned_tables(models: Any) -> frozenset[str]:
+    """The table names of the models a service's `models` module exports."""
+    return frozenset(
+        getattr(models, name).__tablename__
+        for name in models.__all__
+        if hasattr(getattr(models, name), "__tablename__")
+    )
+
+
+async def assert_migrations_match_models(
+    package: str, database_url: str, models: Any, *, down_to: str
+) -> None:
+    """A migrated database has no drift from the models, also after a downgrade and upgrade."""
+    from servicekit.db import create_engine
+
+    tables = owned_tables(models)
+    metadata = models.Base.metadata
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_drift, metadata, tables) == []
+        await engine.dispose()
+        await asyncio.to_thread(downgrade, package, database_url, down_to)
+        await asyncio.to_thread(migrate, package, database_url)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_drift, metadata, tables) == []
+    finally:
+        await engine.dispose()
