@@ -153,6 +153,12 @@ class TestAnnouncements:
         created = Envelope.wrap(
             UserCreated(user_id=Customer().user_id, email="new@example.com"), producer="gateway"
         )
+
+        async def ready() -> bool:
+            # The exchange and billing's queue are declared before the broker counts as ready.
+            return (await client.get("/readyz")).status_code == 200
+
+        await wait_for(ready)
         connection = await aio_pika.connect(infra.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
