@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import Connection
 
 from billing import models
-from billing.models import Base
-from servicekit.db import create_engine
-from servicekit.testing import downgrade, migrate
+from servicekit.testing import assert_migrations_match_models
 
 pytestmark = pytest.mark.integration
-
-
-# Every service's models share one declarative base: compare only the tables billing owns.
-BILLING_TABLES = frozenset(
-    getattr(models, name).__tablename__
-    for name in models.__all__
-    if hasattr(getattr(models, name), "__tablename__")
-)
-
-
-def _ours(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    return type_ != "table" or name in BILLING_TABLES
-
-
-def _diff(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"include_object": _ours})
-    return list(compare_metadata(context, Base.metadata))
 
 
 class TestMigrations:
@@ -43,14 +20,4 @@ class TestMigrations:
         self, database_factory: Callable[..., Any]
     ) -> None:
         url = await database_factory("billing")
-        engine = create_engine(url, pool_size=1)
-        try:
-            async with engine.connect() as conn:
-                assert await conn.run_sync(_diff) == []
-            await engine.dispose()
-            await asyncio.to_thread(downgrade, "billing", url, "0001")
-            await asyncio.to_thread(migrate, "billing", url)
-            async with engine.connect() as conn:
-                assert await conn.run_sync(_diff) == []
-        finally:
-            await engine.dispose()
+        await assert_migrations_match_models("billing", url, models, down_to="0001")
