@@ -37,7 +37,7 @@ async def database_url(database_factory: Callable[..., Any]) -> str:
 @pytest.fixture(scope="module")
 def amqp_url(infra: InfraUrls) -> Iterator[str]:
     """A virtual host of this module's own: no consumer of another test takes a replayed message."""
-    with private_vhost(amqp_url) as url:
+    with private_vhost(infra.amqp_url) as url:
         yield url
 
 
