@@ -23,7 +23,7 @@ from billing.models import Account, OutboxMessage
 from billing.settings import BillingSettings
 from contracts.events import Envelope, UserCreated
 from contracts.topology import EXCHANGE
-from servicekit.testing import InfraUrls, running, wait_for
+from servicekit.testing import InfraUrls, private_vhost, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -146,33 +146,43 @@ class TestAnnouncements:
 
     async def test_a_new_user_is_announced_the_free_plan(
         self,
-        client: httpx.AsyncClient,
+        make_settings: Callable[..., BillingSettings],
         db: async_sessionmaker[AsyncSession],
         infra: InfraUrls,
     ) -> None:
         created = Envelope.wrap(
             UserCreated(user_id=Customer().user_id, email="new@example.com"), producer="gateway"
         )
+        # A virtual host of its own: no billing app of another test competes for the message.
+        with private_vhost(infra.amqp_url) as amqp_url:
+            app = create_app(make_settings(amqp_url=amqp_url))
+            async with (
+                running(app),
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://billing"
+                ) as client,
+            ):
 
-        async def ready() -> bool:
-            # The exchange and billing's queue are declared before the broker counts as ready.
-            return (await client.get("/readyz")).status_code == 200
+                async def ready() -> bool:
+                    # The exchange and billing's queue are declared before the broker is ready.
+                    return (await client.get("/readyz")).status_code == 200
 
-        await wait_for(ready)
-        connection = await aio_pika.connect(infra.amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-            await exchange.publish(
-                aio_pika.Message(
-                    created.model_dump_json().encode(),
-                    content_type="application/json",
-                    message_id=str(created.event_id),
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=UserCreated.routing_key,
-            )
-        data = await wait_announced(db, created.data.user_id, lambda d: True)
+                await wait_for(ready)
+                connection = await aio_pika.connect(amqp_url)
+                async with connection:
+                    channel = await connection.channel(publisher_confirms=True)
+                    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+                    await exchange.publish(
+                        aio_pika.Message(
+                            created.model_dump_json().encode(),
+                            content_type="application/json",
+                            message_id=str(created.event_id),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=UserCreated.routing_key,
+                        mandatory=True,
+                    )
+                data = await wait_announced(db, created.data.user_id, lambda d: True)
         assert (data["plan_code"], data["monthly_limit"], data["status"]) == ("free", 5, "free")
         assert (data["fallback_plan_code"], data["fallback_limit"]) == ("free", 5)
         async with db() as session:
