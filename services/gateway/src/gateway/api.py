@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from gateway.schemas import (
     CatalogOut,
     DevTokenRequest,
     MeOut,
+    RoleChangeOut,
     RoleUpdate,
     TicketOut,
     TokenOut,
@@ -58,6 +60,8 @@ STYLE_LABELS: dict[Style, str] = {
     Style.MID_CENTURY_MODERN: "Mid-century modern",
 }
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+MAX_EVENT_ID = 2**63 - 1
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 router = APIRouter(prefix="/v1")
 
@@ -142,12 +146,15 @@ async def events(
     last_event_id_header: Annotated[
         str | None, Header(alias="Last-Event-ID", max_length=32, include_in_schema=False)
     ] = None,
-    last_event_id: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> EventStreamResponse:
     """Stream the caller's image status changes."""
     resume = last_event_id
-    if last_event_id_header is not None and last_event_id_header.strip().isdigit():
-        resume = int(last_event_id_header.strip())
+    header = (last_event_id_header or "").strip()
+    # ASCII digits only (`str.isdigit` accepts '²' and '٣', which `int` refuses or reads
+    # as digits nobody sent) and within bigint; anything else is a fresh start.
+    if LAST_EVENT_ID.fullmatch(header):
+        resume = int(header)
     settings = clients.settings
     stream = EventStream(
         clients.live, runtime.sessionmaker, settings, user_id, resume, clients.projects_view
@@ -185,9 +192,25 @@ async def list_users(
 async def update_user(
     user_id: uuid.UUID, body: RoleUpdate, admin: AdminUser, session: SessionDep
 ) -> UserOut:
-    """Give a user the admin or the user role (admins only)."""
+    """Give a user the admin or the user role (admins only).
+
+    The change is audited and takes effect at once, but the person's next request applies
+    the source again (the Auth0 roles claim or `GATEWAY_ADMIN_SUBS`): grant lasting roles there.
+    """
     user = await service.set_role(session, user_id, body.role, acting_user_id=admin.id)
     return UserOut.model_validate(user)
+
+
+@router.get("/admin/users/{user_id}/role-changes", tags=["admin"])
+async def role_changes(
+    user_id: uuid.UUID,
+    _: AdminUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[RoleChangeOut]:
+    """A user's role changes, newest first: from what, to what, when and by whom (admins only)."""
+    changes = await service.role_changes(session, user_id, limit=limit)
+    return [RoleChangeOut.model_validate(c) for c in changes]
 
 
 dev_router = APIRouter(tags=["development"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Sequence
 
@@ -48,12 +49,28 @@ def mint_token(
     return issuer.mint(sub, email=email, role=role, ttl_seconds=ttl)
 
 
-async def set_role(settings: GatewaySettings, sub: str, role: Role, email: str | None) -> str:
-    """Give the user with `sub` a role, creating the user if they never signed in."""
+def operator() -> str:
+    """Who runs this command, for the audit of role changes."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+async def set_role(
+    settings: GatewaySettings, sub: str, role: Role, email: str | None, actor: str | None = None
+) -> str:
+    """Give the user with `sub` a role (audited), creating the user if they never signed in.
+
+    The role holds until the person's next request, which applies the source again (the Auth0
+    roles claim or `GATEWAY_ADMIN_SUBS`): a lasting grant belongs there.
+    """
     engine = create_engine(settings.database_url, pool_size=1)
     try:
         async with unit_of_work(create_sessionmaker(engine)) as session:
-            result = await service.set_role_by_sub(session, sub, role, email=email)
+            result = await service.set_role_by_sub(
+                session, sub, role, email=email, actor=actor or operator()
+            )
     finally:
         await engine.dispose()
     verb = "created" if result.created else "updated"
@@ -70,10 +87,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     mint.add_argument(
         "--role",
         choices=[r.value for r in Role],
-        help="role claim; it only seeds the role when the user is first provisioned",
+        help="role claim; the gateway applies it on every request made with the token",
     )
     mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
-    role = sub.add_parser("set-role", help="set a user's role (provisioning them if needed)")
+    role = sub.add_parser(
+        "set-role",
+        help="set a user's role now (audited; their next sign-in applies the source again)",
+    )
     role.add_argument("--sub", required=True)
     role.add_argument("--role", required=True, choices=[r.value for r in Role])
     role.add_argument("--email", help="used only when the user is created")

@@ -107,11 +107,9 @@ async def current_user(
 ) -> User:
     """The caller's user row, provisioned on first sight; writes count against their limit."""
     settings = clients.settings
-    role = (
-        Role.ADMIN
-        if principal.sub in settings.admin_subs or Role.ADMIN.value in principal.roles
-        else Role.USER
-    )
+    # Roles follow the source on every request: a promotion or a demotion in Auth0 or in
+    # `GATEWAY_ADMIN_SUBS` applies at once (written, and audited, only when it differs).
+    role = service.source_role(principal.sub, principal.roles, settings.admin_subs)
     # Its own short transaction rather than the request's session: a stranger's row and its
     # `user.created` event commit before the request goes on (maybe to a slow upstream), and
     # concurrent first requests wait on the unique index only for this instant.

@@ -1,4 +1,4 @@
-"""The gateway's tables: users (seed schema), image events, rate limits and stream tickets.
+"""The gateway's tables: users (seed schema), role changes, image events, rate limits, tickets.
 
 Outbox and inbox come from servicekit.
 """
@@ -9,7 +9,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -22,6 +32,7 @@ __all__ = [
     "InboxMessage",
     "OutboxMessage",
     "RateLimit",
+    "RoleChange",
     "StreamTicket",
     "User",
 ]
@@ -54,6 +65,27 @@ class User(Base):
         CheckConstraint("role IN ('user', 'admin')", name="role"),
         Index("ix_users_email", "email"),
         Index("ix_users_created_at_id", "created_at", "id"),
+    )
+
+
+class RoleChange(Base):
+    """One change of a user's role: from what, to what, when, and who or what changed it."""
+
+    __tablename__ = "role_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
+    )
+    old_role: Mapped[str | None] = mapped_column(Text)
+    new_role: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("source IN ('sign-in', 'admin-api', 'cli')", name="source"),
+        Index("ix_role_changes_user_id_id", "user_id", "id"),
     )
 
 

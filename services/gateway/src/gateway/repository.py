@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.models import ImageEvent, RateLimit, StreamTicket, User
+from gateway.models import ImageEvent, RateLimit, RoleChange, StreamTicket, User
 
 EVENT_LOCK_NAMESPACE = 0x5EE
 """First key of the per-user advisory lock that orders `image_events` ids."""
@@ -79,15 +79,24 @@ class UserRepository:
         )
         return (await self.session.scalars(stmt)).one_or_none()
 
-    async def set_role(self, user_id: uuid.UUID, role: str) -> User | None:
-        """Change a user's role; None when the user does not exist."""
+    async def change_role(self, user_id: uuid.UUID, *, old: str, new: str) -> User | None:
+        """Change a user's role from `old` to `new`; None when it no longer is `old`.
+
+        Conditional, so that of concurrent requests applying the same change only one wins
+        (and audits it); the others wait on the row lock and then see the new role.
+        """
         stmt = (
             update(User)
-            .where(User.id == user_id)
-            .values(role=role)
+            .where(User.id == user_id, User.role == old)
+            .values(role=new)
             .returning(User)
             .execution_options(synchronize_session=False, populate_existing=True)
         )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def refresh(self, user_id: uuid.UUID) -> User | None:
+        """The user as committed now, not as this session last saw it."""
+        stmt = select(User).where(User.id == user_id).execution_options(populate_existing=True)
         return (await self.session.scalars(stmt)).one_or_none()
 
     async def set_stripe_customer(self, user_id: uuid.UUID, customer_id: str) -> bool:
@@ -108,6 +117,31 @@ class UserRepository:
         stmt = select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit)
         if after is not None:
             stmt = stmt.where(tuple_(User.created_at, User.id) < after)
+        return (await self.session.scalars(stmt)).all()
+
+
+class RoleChangeRepository:
+    """The audit log of role changes."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(
+        self, user_id: uuid.UUID, *, old: str | None, new: str, source: str, actor: str | None
+    ) -> None:
+        """Record one change (flushed with the change itself)."""
+        self.session.add(
+            RoleChange(user_id=user_id, old_role=old, new_role=new, source=source, actor=actor)
+        )
+
+    async def for_user(self, user_id: uuid.UUID, *, limit: int) -> Sequence[RoleChange]:
+        """A user's role changes, newest first."""
+        stmt = (
+            select(RoleChange)
+            .where(RoleChange.user_id == user_id)
+            .order_by(RoleChange.id.desc())
+            .limit(limit)
+        )
         return (await self.session.scalars(stmt)).all()
 
 

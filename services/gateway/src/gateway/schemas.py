@@ -42,6 +42,24 @@ class RoleUpdate(BaseModel):
     role: Role
 
 
+class RoleChangeOut(BaseModel):
+    """One change of a user's role.
+
+    `source` is `sign-in` (the Auth0 roles claim or `GATEWAY_ADMIN_SUBS`, applied on a request;
+    `actor` is the token's subject), `admin-api` (`actor` is the admin's user id) or `cli`
+    (`actor` is the operator's login). `old_role` is null when the user was created with the role.
+    """
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    old_role: Role | None
+    new_role: Role
+    source: Literal["sign-in", "admin-api", "cli"]
+    actor: str | None
+    created_at: datetime
+
+
 class MeOut(BaseModel):
     """Who the caller is, their plan and this period's usage (null when unknown right now)."""
 

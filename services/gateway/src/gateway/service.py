@@ -1,24 +1,30 @@
-"""The gateway's rules: provisioning users on first sight, roles, Stripe customer links."""
+"""The gateway's rules: provisioning users, roles that follow the source, Stripe customer links."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.enums import Role
 from contracts.events import UserCreated
-from gateway.models import User
-from gateway.repository import UserRepository
-from servicekit.errors import Conflict, NotFound, ServiceError, Unavailable
+from gateway.models import RoleChange, User
+from gateway.repository import RoleChangeRepository, UserRepository
+from servicekit import pagination
+from servicekit.errors import Conflict, NotFound, Unavailable
 from servicekit.outbox import add_event
 
 PRODUCER = "gateway"
+
+
+SIGN_IN = "sign-in"
+"""A role applied from the token's roles claim or `GATEWAY_ADMIN_SUBS` on a request."""
+ADMIN_API = "admin-api"
+"""A role set by an admin through `PATCH /v1/admin/users/{id}`."""
+CLI = "cli"
+"""A role set by an operator with `python -m gateway.cli set-role`."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,11 @@ class Provisioned:
     created: bool
 
 
+def source_role(sub: str, roles: Iterable[str], admin_subs: Iterable[str]) -> Role:
+    """The role the identity source gives: admin by the roles claim or the admin list."""
+    return Role.ADMIN if Role.ADMIN.value in roles or sub in admin_subs else Role.USER
+
+
 async def provision(
     session: AsyncSession,
     sub: str,
@@ -36,12 +47,20 @@ async def provision(
     email: str | None,
     role: Role,
     request_id: str | None,
+    source: str = SIGN_IN,
+    actor: str | None = None,
 ) -> Provisioned:
-    """Find the user for `sub`, creating it (and announcing `user.created`) on first sight."""
+    """Find the user for `sub` with `role` applied, creating them (and `user.created`) if new.
+
+    A known user whose stored role already matches costs one indexed lookup; only a
+    difference (a promotion or a demotion at the source) writes, and it is audited.
+    """
     repo = UserRepository(session)
-    # Known users cost one indexed lookup; only strangers reach the insert.
+    actor = actor if actor is not None else sub
     user = await repo.get_by_sub(sub)
     if user is not None:
+        if user.role != role.value:
+            user = await _change_role(session, user, role, source=source, actor=actor)
         return Provisioned(user, created=False)
     user = await repo.insert_if_absent(sub, email=email, role=role.value)
     if user is None:
@@ -50,7 +69,14 @@ async def provision(
         user = await repo.get_by_sub(sub)
         if user is None:
             raise Unavailable("Could not set up your account just now; please try again.")
+        if user.role != role.value:
+            user = await _change_role(session, user, role, source=source, actor=actor)
         return Provisioned(user, created=False)
+    if role is not Role.USER:
+        # A new admin is a role change from nothing: the audit shows how they became one.
+        RoleChangeRepository(session).add(
+            user.id, old=None, new=role.value, source=source, actor=actor
+        )
     add_event(
         session,
         UserCreated(user_id=user.id, email=user.email),
@@ -60,28 +86,53 @@ async def provision(
     return Provisioned(user, created=True)
 
 
+async def _change_role(
+    session: AsyncSession, user: User, role: Role, *, source: str, actor: str | None
+) -> User:
+    """Move `user` to `role` and audit it; a concurrent winner's change is audited once."""
+    repo = UserRepository(session)
+    old = user.role
+    updated = await repo.change_role(user.id, old=old, new=role.value)
+    if updated is None:
+        # Another request changed the role first; it audited its change.
+        fresh = await repo.refresh(user.id)
+        if fresh is None:
+            raise NotFound("No such user.")
+        return fresh
+    RoleChangeRepository(session).add(user.id, old=old, new=role.value, source=source, actor=actor)
+    return updated
+
+
 async def set_role(
     session: AsyncSession, user_id: uuid.UUID, role: Role, *, acting_user_id: uuid.UUID
 ) -> User:
     """Give a user a role; an admin cannot demote themselves (so someone stays admin)."""
     if user_id == acting_user_id and role is not Role.ADMIN:
         raise Conflict("You cannot remove your own admin role; ask another admin.")
-    user = await UserRepository(session).set_role(user_id, role.value)
+    user = await UserRepository(session).get(user_id)
     if user is None:
         raise NotFound("No such user.")
-    return user
+    if user.role == role.value:
+        return user
+    return await _change_role(session, user, role, source=ADMIN_API, actor=str(acting_user_id))
 
 
 async def set_role_by_sub(
-    session: AsyncSession, sub: str, role: Role, *, email: str | None = None
+    session: AsyncSession, sub: str, role: Role, *, email: str | None = None, actor: str | None
 ) -> Provisioned:
     """Give the user with `sub` a role, provisioning them first if they never signed in."""
-    provisioned = await provision(session, sub, email=email, role=role, request_id=None)
-    if provisioned.user.role != role.value:
-        updated = await UserRepository(session).set_role(provisioned.user.id, role.value)
-        assert updated is not None
-        return Provisioned(updated, created=provisioned.created)
-    return provisioned
+    return await provision(
+        session, sub, email=email, role=role, request_id=None, source=CLI, actor=actor
+    )
+
+
+async def role_changes(
+    session: AsyncSession, user_id: uuid.UUID, *, limit: int
+) -> Sequence[RoleChange]:
+    """A user's role changes, newest first; 404 when the user does not exist."""
+    if await UserRepository(session).get(user_id) is None:
+        raise NotFound("No such user.")
+    return await RoleChangeRepository(session).for_user(user_id, limit=limit)
 
 
 async def link_customer(session: AsyncSession, user_id: uuid.UUID, customer_id: str) -> bool:
@@ -99,23 +150,13 @@ class UserPage:
 
 def encode_cursor(user: User) -> str:
     """An opaque cursor pointing just after `user` in the admin listing."""
-    raw = f"{user.created_at.isoformat()}|{user.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The `(created_at, id)` position in a cursor, or 422-style `ServiceError`."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, user_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(user_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ServiceError("The cursor is not valid.", code="invalid_cursor") from exc
+    return pagination.encode_cursor(user.created_at, user.id)
 
 
 async def list_users(session: AsyncSession, *, cursor: str | None, limit: int) -> UserPage:
     """A page of users, newest first."""
-    after = decode_cursor(cursor) if cursor else None
+    # servicekit's validation: a forged cursor is a 400, never a 500 from the database.
+    after = pagination.decode_cursor(cursor) if cursor else None
     rows = await UserRepository(session).page(limit=limit + 1, after=after)
     items = rows[:limit]
     next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
