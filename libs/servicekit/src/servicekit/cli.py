@@ -10,6 +10,7 @@ import uvicorn
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from servicekit.settings import ServiceSettings
 
@@ -21,6 +22,17 @@ def alembic_config(package: str, database_url: str) -> Config:
     config.set_main_option("sqlalchemy.url", database_url)
     config.attributes["database_url"] = database_url
     return config
+
+
+def settings_failure(package: str, exc: ValidationError) -> str:
+    """Why the settings were refused, one line per problem, without the values given."""
+    # `str(exc)` would print the input values, secrets included.
+    lines = [f"{package}: the settings are not valid"]
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "\n".join(lines)
 
 
 def run(
@@ -39,7 +51,10 @@ def run(
     down.add_argument("revision", nargs="?", default="base")
     args = parser.parse_args(argv)
 
-    settings = settings_factory()
+    try:
+        settings = settings_factory()
+    except ValidationError as exc:
+        raise SystemExit(settings_failure(package, exc)) from None
     if args.command == "migrate":
         command.upgrade(alembic_config(package, settings.database_url), args.revision)
     elif args.command == "downgrade":

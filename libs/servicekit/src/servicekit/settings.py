@@ -7,8 +7,11 @@ prefix; the prefixed name wins.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -20,6 +23,41 @@ from pydantic_settings import (
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "development-only"})
 DEV_INTERNAL_SECRET = "development-only-internal-secret-do-not-deploy"
+
+DEVELOPMENT_DEFAULTS: dict[str, str] = {
+    "database_url": "postgresql+asyncpg://realstaging:realstaging@127.0.0.1:5432/realstaging",
+    "amqp_url": "amqp://guest:guest@127.0.0.1:5672/",
+    "s3_endpoint": "http://127.0.0.1:9000",
+}
+"""Where the local stack listens. Production has no default: it must name its own."""
+
+PLACEHOLDER_PATTERN = re.compile(r"replace|changeme|changethis|example|xxx", re.IGNORECASE)
+"""Template text that is never a real value (`REPLACE-with-...`, `whsec_REPLACE`, `sk_live_xxx`,
+`rabbitmq.example.com`)."""
+
+DEFAULT_CREDENTIALS = frozenset(
+    {("realstaging", "realstaging"), ("postgres", "postgres"), ("guest", "guest")}
+)
+"""User and password pairs of the development stack, compose and the servers' own defaults."""
+
+DEFAULT_S3_KEYS = frozenset({"realstaging", "realstaging-secret", "minioadmin"})
+"""S3 keys of the development stack and compose's MinIO, and MinIO's own root default."""
+
+SENSITIVE_WORDS = frozenset(
+    {
+        "secret",
+        "key",
+        "token",
+        "password",
+        "url",
+        "endpoint",
+        "base",
+        "domain",
+        "audience",
+        "origins",
+    }
+)
+"""A setting whose name has one of these words holds a secret, a credential or an address."""
 
 
 SHARED_FIELDS = frozenset(
@@ -73,9 +111,11 @@ class ServiceSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "INFO"
-    database_url: str = "postgresql+asyncpg://realstaging:realstaging@127.0.0.1:5432/realstaging"
+    database_url: str = ""
+    """Required in production; development and tests use the local stack's."""
     database_pool_size: int = 10
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_url: str = ""
+    """Required in production; development and tests use the local broker's guest login."""
     internal_secret: SecretStr = Field(default=SecretStr(""))
     outbox_poll_seconds: float = 0.5
     consumer_prefetch: int = 8
@@ -102,25 +142,63 @@ class ServiceSettings(BaseSettings):
         return (init_settings, env_settings, shared, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="after")
-    def _secrets_are_real(self) -> ServiceSettings:
-        for name in self.secret_fields:
-            value: Any = getattr(self, name)
-            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-            if self.environment is Environment.PRODUCTION:
-                if (
-                    raw is None
-                    or raw.strip().lower() in PLACEHOLDER_SECRETS
-                    or "development" in raw
-                ):
-                    raise ValueError(
-                        f"{name} must be set to a real secret in production "
-                        f"(set {self.model_config.get('env_prefix', '')}{name.upper()})"
-                    )
-            elif name == "internal_secret" and not raw:
-                object.__setattr__(self, name, SecretStr(DEV_INTERNAL_SECRET))
+    def _production_is_configured(self) -> ServiceSettings:
+        if self.is_production:
+            problems = self.production_problems()
+            if problems:
+                # One error naming every offending variable, so one deploy fixes them all.
+                raise ValueError(
+                    "production refuses these settings:\n"
+                    + "\n".join(f"- {self.env_name(name)} {why}" for name, why in problems.items())
+                )
+            return self
+        fields = type(self).model_fields
+        for name, value in DEVELOPMENT_DEFAULTS.items():
+            if name in fields and not str(getattr(self, name)).strip():
+                object.__setattr__(self, name, value)
+        if not self.internal_secret.get_secret_value():
+            object.__setattr__(self, "internal_secret", SecretStr(DEV_INTERNAL_SECRET))
         if len(self.internal_secret.get_secret_value()) < 32:
             raise ValueError("internal_secret must be at least 32 characters long")
         return self
+
+    def production_problems(self) -> dict[str, str]:
+        """What production refuses, as `{field: why}`; services add their own rules."""
+        problems: dict[str, str] = {}
+        fields = type(self).model_fields
+        for name in DEVELOPMENT_DEFAULTS:
+            if name in fields and not str(getattr(self, name)).strip():
+                problems[name] = "is required in production (it has no default there)"
+        for name in self.secret_fields:
+            raw = _text(getattr(self, name)) or ""
+            if raw.strip().lower() in PLACEHOLDER_SECRETS or "development" in raw:
+                problems.setdefault(name, "must be set to a real secret")
+            elif len(raw) < 32:
+                problems.setdefault(name, "must be at least 32 characters long")
+        for name in ("database_url", "amqp_url"):
+            if why := _default_login(name, getattr(self, name)):
+                problems.setdefault(name, why)
+        for name in ("s3_access_key", "s3_secret_key"):
+            if name in fields and (_text(getattr(self, name)) or "").strip() in DEFAULT_S3_KEYS:
+                problems.setdefault(
+                    name, "is a development or example credential (realstaging, minioadmin)"
+                )
+        for name in fields:
+            if SENSITIVE_WORDS.isdisjoint(name.split("_")):
+                continue
+            for text in _texts(getattr(self, name)):
+                if found := PLACEHOLDER_PATTERN.search(text):
+                    problems.setdefault(name, f"holds the placeholder {found.group(0)!r}")
+                    break
+        return problems
+
+    def env_name(self, field: str) -> str:
+        """The environment variable that sets `field` (and its stack-wide name, if it has one)."""
+        prefix = str(self.model_config.get("env_prefix", ""))
+        own = f"{prefix}{field}".upper()
+        if prefix and field in SHARED_FIELDS:
+            return f"{field.upper()} (or {own})"
+        return own
 
     @property
     def is_production(self) -> bool:
@@ -131,9 +209,44 @@ class ServiceSettings(BaseSettings):
 class S3Settings(BaseSettings):
     """Object storage settings, mixed into the services that touch photos."""
 
-    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_endpoint: str = ""
+    """Required in production; development and tests use the local stack's."""
     s3_public_endpoint: str | None = None
     s3_access_key: str = "realstaging"
     s3_secret_key: SecretStr = SecretStr("realstaging-secret")
     s3_bucket: str = "realstaging"
     s3_region: str = "us-east-1"
+
+
+def _text(value: Any) -> str | None:
+    """A setting's text, secrets revealed (for checking, never for printing)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value if isinstance(value, str) else None
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+    elif (text := _text(value)) is not None:
+        yield text
+
+
+def _default_login(name: str, url: str) -> str | None:
+    """Why a connection URL's login is a default one, or None when it is not."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return None
+    if user is None:
+        # aio-pika logs in as guest:guest when the URL names nobody; PostgreSQL may not need one.
+        return (
+            "names no user, so the broker's guest:guest login is used"
+            if name == "amqp_url"
+            else None
+        )
+    if (unquote(user), unquote(password or "")) in DEFAULT_CREDENTIALS:
+        return f"uses the default login {unquote(user)}:{unquote(user)}"
+    return None

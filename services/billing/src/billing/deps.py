@@ -48,12 +48,42 @@ BillingDep = Annotated[BillingService, Depends(get_billing)]
 PaymentsDep = Annotated[PaymentsService, Depends(get_payments)]
 
 
+WEBHOOK_MAX_BYTES = 1024 * 1024
+"""Stripe's events are a few kilobytes; a larger body is refused before it is read."""
+
+
+def _too_large() -> InvalidWebhook:
+    return InvalidWebhook(
+        "The webhook body is too large (the limit is 1 MiB).",
+        code="payload_too_large",
+        status=413,
+        details={"max_bytes": WEBHOOK_MAX_BYTES},
+    )
+
+
+async def capped_body(request: Request) -> bytes:
+    """The raw body, refused (413) as soon as it is known to pass `WEBHOOK_MAX_BYTES`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidWebhook("Content-Length is not valid.", code="invalid_payload")
+        if int(declared) > WEBHOOK_MAX_BYTES:
+            raise _too_large()
+    body = bytearray()
+    # A chunked body declares no size: count it as it arrives (at most one chunk past the cap).
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > WEBHOOK_MAX_BYTES:
+            raise _too_large()
+    return bytes(body)
+
+
 async def verified_stripe_event(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """The Stripe event in the raw body, once its signature and timestamp check out."""
     if settings.stripe_webhook_secret is None:
         # No secret, no endpoint: unsigned events are never accepted.
         raise NotFound("Not Found")
-    payload = await request.body()
+    payload = await capped_body(request)
     signature = request.headers.get("stripe-signature")
     if not signature:
         raise InvalidWebhook("The Stripe-Signature header is missing.", code="invalid_signature")

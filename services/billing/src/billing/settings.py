@@ -57,6 +57,13 @@ class BillingSettings(ServiceSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    def production_problems(self) -> dict[str, str]:
+        """Also Stripe's replay window: 0 turns it off, a long one lets an old event replay."""
+        problems = super().production_problems()
+        if not 60 <= self.webhook_tolerance_seconds <= 600:
+            problems["webhook_tolerance_seconds"] = "must be between 60 and 600 seconds"
+        return problems
+
     @property
     def payments_enabled(self) -> bool:
         """Whether checkout and the portal can talk to Stripe."""

@@ -106,13 +106,17 @@ class GatewaySettings(ServiceSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    def production_problems(self) -> dict[str, str]:
+        """Also Auth0: the development issuer cannot run in production."""
+        problems = super().production_problems()
+        if not self.auth0_domain:
+            problems["auth0_domain"] = (
+                "is required in production; the development issuer cannot be used there"
+            )
+        return problems
+
     @model_validator(mode="after")
     def _auth_is_configured(self) -> GatewaySettings:
-        if self.is_production and not self.auth0_domain:
-            raise ValueError(
-                "GATEWAY_AUTH0_DOMAIN is required in production; "
-                "the development issuer cannot be used there"
-            )
         if self.auth0_domain and not self.auth0_audience:
             raise ValueError("GATEWAY_AUTH0_AUDIENCE is required when GATEWAY_AUTH0_DOMAIN is set")
         ticket = self.stream_ticket_secret

@@ -515,10 +515,12 @@ class TestSettings:
         settings = GatewaySettings(
             environment="production",
             internal_secret="a-real-production-secret-0123456789abcdef",
-            auth0_domain="https://tenant.example.auth0.com/",
-            auth0_audience="https://api.example.com",
+            database_url="postgresql+asyncpg://gateway:pg-9f2c41d7@db.internal:5432/gateway",
+            amqp_url="amqps://gateway:mq-5be0a8c3@mq.internal:5671/realstaging",
+            auth0_domain="https://tenant.eu.auth0.com/",
+            auth0_audience="https://api.realstaging.test",
         )
-        assert settings.token_issuer == "https://tenant.example.auth0.com/"
+        assert settings.token_issuer == "https://tenant.eu.auth0.com/"
         app = create_app(settings)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app), base_url="http://gw"
