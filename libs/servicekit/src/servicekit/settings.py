@@ -31,7 +31,12 @@ DEVELOPMENT_DEFAULTS: dict[str, str] = {
 }
 """Where the local stack listens. Production has no default: it must name its own."""
 
-PLACEHOLDER_PATTERN = re.compile(r"replace|changeme|changethis|example|xxx", re.IGNORECASE)
+PLACEHOLDER_PATTERN = re.compile(
+    # A run of x's only as a whole word (`sk_live_xxx`) or a long run, so that a random secret
+    # that happens to contain "xxx" is not refused.
+    r"replace|changeme|changethis|example|(?<![a-z0-9])x{3,}(?![a-z0-9])|x{8,}",
+    re.IGNORECASE,
+)
 """Template text that is never a real value (`REPLACE-with-...`, `whsec_REPLACE`, `sk_live_xxx`,
 `rabbitmq.example.com`)."""
 
