@@ -107,6 +107,7 @@ class FakeReplicate:
         self.retry_after = "1"
         self.released = threading.Event()
         self.rate_limited_at: list[float] = []
+        self.file_authorizations: list[str | None] = []
 
     @property
     def create_calls(self) -> int:
@@ -212,6 +213,9 @@ class FakeReplicate:
             return JSONResponse(prediction.body(self.base_url))
 
     async def _file(self, request: Request) -> Response:
+        with self.lock:
+            # Output files must be fetched without the API token.
+            self.file_authorizations.append(request.headers.get("authorization"))
         if request.path_params["name"].startswith("missing"):
             return PlainTextResponse("Not Found", status_code=404)
         return Response(staged_photo("WEBP"), media_type="image/webp")

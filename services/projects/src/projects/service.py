@@ -31,6 +31,7 @@ from contracts.events import (
     SubscriptionUpdated,
 )
 from contracts.identity import Identity
+from contracts.reasons import FailureReason
 from projects.allowance import FREE_PLAN, Terms, is_paid, terms_in_force
 from projects.errors import (
     AllowanceExceeded,
@@ -164,7 +165,16 @@ class ProjectsService:
 
     async def check_upload(self, who: Identity, key: str) -> CheckedUpload:
         """Refuse keys outside the caller's prefix, missing objects, empty, huge or non-images."""
-        if not key.startswith(upload_prefix(who.user_id)) or ".." in key:
+        prefix = upload_prefix(who.user_id)
+        name = key[len(prefix) :] if key.startswith(prefix) else ""
+        # Only real traversal is refused (a `..`, `.` or empty segment, a backslash, a control
+        # character): a photo may well be called `room..1.jpg`.
+        if (
+            not name
+            or "\\" in key
+            or any(part in ("", ".", "..") for part in name.split("/"))
+            or any(ord(char) < 32 or ord(char) == 127 for char in key)
+        ):
             raise InvalidUpload("This upload does not belong to you.", details={"key": key})
         info = await self.storage.stat(key)
         if info is None:
@@ -440,7 +450,7 @@ def attempt_event(kind: type[Q], image: Image) -> Q:
     )
 
 
-GAVE_UP_REASON = "We could not finish staging this photo. Restage it to try again."
+GAVE_UP_REASON = FailureReason.TOOK_TOO_LONG.value
 """What an owner reads when the reconciler gave up on an attempt."""
 
 STATUS_OF_EVENT: dict[type[Event], ImageStatus] = {

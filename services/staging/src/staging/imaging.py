@@ -8,13 +8,19 @@ from dataclasses import dataclass
 import pillow_heif
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from contracts.reasons import FailureReason
 from servicekit.messaging import PermanentError
+from staging.reasons import Failure
 
 pillow_heif.register_heif_opener()
 
+TOO_LARGE = FailureReason.PHOTO_TOO_LARGE
 
-class UnusablePhoto(PermanentError):
-    """The photo cannot be staged, whatever we retry; the message says why."""
+
+class UnusablePhoto(Failure, PermanentError):
+    """The photo cannot be staged, whatever we retry; the message is the detail."""
+
+    reason = FailureReason.DAMAGED_PHOTO
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ def decode(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
             if width * height > max_pixels:
                 raise UnusablePhoto(
                     f"The photo is {width}x{height} pixels; at most "
-                    f"{max_pixels // 1_000_000} megapixels can be staged."
+                    f"{max_pixels // 1_000_000} megapixels can be staged.",
+                    reason=TOO_LARGE,
                 )
             if probe.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the photo is much larger than needed.
@@ -48,13 +55,13 @@ def decode(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
     except UnusablePhoto:
         raise
     except Image.DecompressionBombError as exc:
-        raise UnusablePhoto("The photo is too large to process safely.") from exc
+        raise UnusablePhoto(f"decompression bomb: {exc}", reason=TOO_LARGE) from exc
     except UnidentifiedImageError as exc:
         raise UnusablePhoto(
-            "The file is not a photo we can read (JPEG, PNG, WebP or HEIC)."
+            f"not an image Pillow can identify: {exc}", reason=FailureReason.UNSUPPORTED_PHOTO
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnusablePhoto("The photo is damaged or truncated and cannot be read.") from exc
+        raise UnusablePhoto(f"damaged or truncated: {type(exc).__name__}: {exc}") from exc
     photo = to_rgb(photo)
     photo.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return photo

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.enums import JobStatus
 from contracts.events import ImageFailed, ImageSettle
+from contracts.reasons import FailureReason
 from servicekit.outbox import add_event
 from servicekit.periodic import every, run_once
 from servicekit.storage import Storage
@@ -103,8 +104,9 @@ class Maintenance:
                 deleted += 1
             elif job.created_at < deadline and job.result_key is None:
                 hours = cfg.job_deadline_seconds / 3600
-                reason = f"Staging did not finish within {hours:g} hours; please restage the photo."
+                reason = FailureReason.TOOK_TOO_LONG.value
                 _finish(job, now, reason)
+                job.detail = f"the reconciler stopped the job: not finished within {hours:g} hours"
                 add_event(
                     session,
                     ImageFailed(

@@ -31,7 +31,9 @@ class Job(Base):
     type: Mapped[str] = mapped_column(Text)
     payload_json: Mapped[dict[str, Any]] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    # What the owner reads (a catalogue sentence); `detail` is the technical cause, for admins.
     error: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -20,6 +20,7 @@ class JobOut(BaseModel):
     type: str
     status: str
     error: str | None
+    detail: str | None
     backend: str | None
     model: str | None
     prediction_id: str | None

@@ -31,6 +31,7 @@ from contracts.events import (
     ImageReady,
     ImageSettle,
 )
+from contracts.reasons import CATALOGUE, FailureReason
 from servicekit.db import unit_of_work
 from servicekit.errors import Conflict, NotFound
 from servicekit.messaging import PermanentError
@@ -49,8 +50,9 @@ from staging.backends.registry import (
     default_choice,
     normalise_choice,
 )
-from staging.imaging import EncodedPhoto, add_disclosure, decode, encode_jpeg
+from staging.imaging import EncodedPhoto, UnusablePhoto, add_disclosure, decode, encode_jpeg
 from staging.models import Job
+from staging.reasons import detail_of, reason_for
 from staging.repository import JobRepository, SettingRepository
 from staging.settings import StagingSettings
 
@@ -60,7 +62,7 @@ PRODUCER = "staging"
 BACKEND_SETTING = "staging.backend"
 
 
-DELETED_REASON = "The image was deleted."
+DELETED_REASON = FailureReason.DELETED.value
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 
 
@@ -209,7 +211,7 @@ class JobRunner:
         try:
             outcome = await work
         except PermanentError as exc:
-            await self.fail(envelope, str(exc), run=claim.run)
+            await self.fail(envelope, reason_for(exc), detail=detail_of(exc), run=claim.run)
             return
         except JobCancelled:
             await self._stop_deleted(claim)
@@ -227,7 +229,7 @@ class JobRunner:
             raise
         except BaseException as exc:
             keep = not isinstance(exc, TransientBackendError) or exc.resumable
-            await asyncio.shield(self._release(claim, keep_prediction=keep))
+            await asyncio.shield(self._release(claim, keep_prediction=keep, failure=exc))
             raise
         finally:
             keeper.cancel()
@@ -317,7 +319,7 @@ class JobRunner:
                     image_id=job.image_id,
                     user_id=job.user_id,
                     attempt=job.attempt,
-                    reason=job.error or "Staging failed.",
+                    reason=_catalogued(job.error).value,
                     backend=job.backend,
                 ),
                 producer=PRODUCER,
@@ -429,8 +431,12 @@ class JobRunner:
             # A missing original will not come back by itself: the bounded ladder, then
             # image.failed, rather than days of infrastructure retries.
             raise TransientBackendError(
-                f"the original photo {event.original_key} does not exist"
+                f"the original photo {event.original_key} does not exist",
+                reason=FailureReason.PHOTO_MISSING,
             ) from exc
+        except ValueError as exc:
+            # Storage refuses to read more than the bound: the photo itself is too large.
+            raise UnusablePhoto(str(exc), reason=FailureReason.PHOTO_TOO_LARGE) from exc
         await self._check_deleted(event)
         photo = await asyncio.to_thread(
             decode,
@@ -551,6 +557,9 @@ class JobRunner:
                 deleted = True
             else:
                 job.status = JobStatus.COMPLETED
+                # An earlier run's failure no longer describes the attempt.
+                job.error = None
+                job.detail = None
                 job.finished_at = now
                 job.updated_at = now
                 job.lease_until = None
@@ -590,8 +599,14 @@ class JobRunner:
             if job is not None and job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
                 _mark_deleted(job, datetime.now(UTC))
 
-    async def _release(self, claim: Claim, *, keep_prediction: bool) -> None:
-        """Hand the job back so a retry (or another worker) can take it at once."""
+    async def _release(
+        self, claim: Claim, *, keep_prediction: bool, failure: BaseException | None = None
+    ) -> None:
+        """Hand the job back so a retry (or another worker) can take it at once.
+
+        The failure that ended the run is recorded (its reason and detail), so that if the
+        retries run out, the owner reads what went wrong last rather than a generic sentence.
+        """
         try:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 job = await JobRepository(session).get(claim.job_id, lock=True)
@@ -605,13 +620,25 @@ class JobRunner:
                     job.updated_at = datetime.now(UTC)
                     if not keep_prediction:
                         job.prediction_id = None
+                    if isinstance(failure, Exception):
+                        job.error = reason_for(failure).value
+                        job.detail = detail_of(failure)
         except Exception:
             logger.exception("could not release job %s; its lease will expire", claim.job_id)
 
     async def fail(
-        self, envelope: Envelope[ImageQueued], reason: str, *, run: int | None = None
+        self,
+        envelope: Envelope[ImageQueued],
+        reason: FailureReason | None,
+        *,
+        detail: str,
+        run: int | None = None,
     ) -> None:
-        """Mark the attempt failed and tell projects why, in words a person understands."""
+        """Mark the attempt failed and tell projects why, in a sentence from the catalogue.
+
+        Without a reason, the one recorded with the attempt's last failed run is used. The
+        detail goes to the log and the admin job view only.
+        """
         event = envelope.data
         now = datetime.now(UTC)
         async with unit_of_work(self.runtime.sessionmaker) as session:
@@ -633,8 +660,19 @@ class JobRunner:
             if await jobs.is_cancelled(event.image_id):
                 _mark_deleted(job, now)
                 return
+            if reason is None:
+                reason = _catalogued(job.error)
+            logger.warning(
+                "job %s (image %s, attempt %s, %s) failed: %s",
+                job.id,
+                event.image_id,
+                event.attempt,
+                job.backend,
+                detail,
+            )
             job.status = JobStatus.FAILED
-            job.error = reason
+            job.error = reason.value
+            job.detail = detail
             job.finished_at = now
             job.updated_at = now
             job.lease_until = None
@@ -644,7 +682,7 @@ class JobRunner:
                     image_id=event.image_id,
                     user_id=event.user_id,
                     attempt=event.attempt,
-                    reason=reason,
+                    reason=reason.value,
                     backend=job.backend,
                 ),
                 producer=PRODUCER,
@@ -653,8 +691,13 @@ class JobRunner:
         self.runtime.relay.wake()
 
     async def give_up(self, envelope: Envelope[ImageQueued], reason: str) -> None:
-        """After the last retry: fail the image with a reason (raises if the database is away)."""
-        await self.fail(envelope, f"Staging failed after several attempts ({reason[:200]}).")
+        """After the last retry: fail with the last run's reason (raises if the DB is down)."""
+        await self.fail(envelope, None, detail=f"gave up: {reason}"[:2000])
+
+
+def _catalogued(error: str | None) -> FailureReason:
+    """The catalogue reason a job recorded; a generic one if it holds anything else."""
+    return FailureReason(error) if error in CATALOGUE else FailureReason.INTERNAL
 
 
 def _mark_deleted(job: Job, now: datetime) -> None:
@@ -710,6 +753,7 @@ async def retry_failed_job(
     now = datetime.now(UTC)
     job.status = JobStatus.QUEUED
     job.error = None
+    job.detail = None
     job.started_at = None
     job.finished_at = None
     job.lease_until = None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from servicekit.settings import S3Settings, ServiceSettings
+from servicekit.settings import Environment, S3Settings, ServiceSettings
 
+CommaList = Annotated[list[str], NoDecode]
 BackendName = Literal["local", "replicate", "openai"]
 ReplicateModel = Literal["qwen/qwen-image-edit", "black-forest-labs/flux-kontext-max"]
 
@@ -54,6 +55,12 @@ class StagingSettings(ServiceSettings, S3Settings):
     remote_output_max_bytes: int = 40 * 1024 * 1024
     remote_request_timeout_seconds: float = 30.0
     remote_max_retry_after_seconds: float = 30.0
+    remote_output_hosts: CommaList = Field(
+        default_factory=lambda: ["replicate.delivery", "*.replicate.delivery"]
+    )
+    """Hosts output files may be downloaded from (`*.host` for its subdomains), comma-separated."""
+    remote_output_require_https: bool = True
+    """Download output files over https only; production refuses to turn this off."""
 
     replicate_api_base: str = "https://api.replicate.com"
     replicate_api_token: SecretStr | None = None
@@ -67,6 +74,24 @@ class StagingSettings(ServiceSettings, S3Settings):
     openai_model: Literal["gpt-image-1"] = "gpt-image-1"
     openai_quality: Literal["low", "medium", "high"] = "medium"
     openai_timeout_seconds: float = 180.0
+
+    @field_validator("remote_output_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("remote_output_require_https")
+    @classmethod
+    def _https_in_production(cls, value: bool, info: ValidationInfo) -> bool:
+        # A field check, so it is reported whatever else production refuses.
+        if not value and info.data.get("environment") == Environment.PRODUCTION:
+            raise ValueError(
+                "STAGING_REMOTE_OUTPUT_REQUIRE_HTTPS=false is refused in production: output "
+                "files must be downloaded over https"
+            )
+        return value
 
     def has_token(self, backend: str) -> bool:
         """Whether the credentials a backend needs are configured."""

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from contracts.enums import RoomType, Style
 from contracts.events import Envelope, ImageQueued
+from contracts.reasons import FailureReason
 from servicekit.outbox import OutboxMessage
 from servicekit.runtime import Runtime
 from servicekit.storage import Storage
@@ -155,7 +156,8 @@ class TestJobRunner:
                 )
             ).one()
         assert job.status == "failed"
-        assert "cannot be read" in (job.error or "") or "not a photo" in (job.error or "")
+        assert job.error in (FailureReason.DAMAGED_PHOTO, FailureReason.UNSUPPORTED_PHOTO)
+        assert job.detail
         assert failed.payload["data"]["reason"] == job.error
 
     async def test_a_transient_failure_hands_the_job_back_for_a_retry(

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from contracts.enums import Role, RoomType, Style
 from contracts.events import Envelope, ImageQueued
+from contracts.reasons import FailureReason
 from devstack.services import ServiceProcess
 from servicekit.messaging import EVENTS_EXCHANGE, create_broker
 from servicekit.outbox import OutboxMessage
@@ -68,6 +69,9 @@ def _settings(
         "replicate_poll_max_seconds": 0.2,
         "replicate_timeout_seconds": 20,
         "remote_max_retry_after_seconds": 5,
+        # The fakes serve their output files over http on loopback.
+        "remote_output_hosts": ["127.0.0.1"],
+        "remote_output_require_https": False,
     }
     values.update(overrides)
     return StagingSettings(**values)
@@ -183,6 +187,7 @@ class TestReplicateBackend:
         )
         assert job.prediction_id in replicate_api.predictions
         assert replicate_api.create_calls == 1
+        assert replicate_api.file_authorizations == [None]
         sent = replicate_api.predictions[job.prediction_id].input
         assert sent["input_image"].startswith("data:image/jpeg;base64,")
         assert (sent["aspect_ratio"], sent["output_format"], sent["seed"]) == (
@@ -250,7 +255,8 @@ class TestReplicateBackend:
         await make_runner().handle(await _queued(storage))
         job = await _job(runtime)
         assert job.status == "failed"
-        assert "safety filter" in (job.error or "")
+        assert job.error == FailureReason.MODEL_REFUSED_SAFETY
+        assert "NSFW" in (job.detail or "")
         [failed] = await _outbox(runtime, "image.failed")
         assert failed["data"]["reason"] == job.error
         assert replicate_api.create_calls == 1
@@ -266,7 +272,8 @@ class TestReplicateBackend:
         await make_runner().handle(await _queued(storage))
         job = await _job(runtime)
         assert job.status == "failed"
-        assert "refused this photo" in (job.error or "")
+        assert job.error == FailureReason.MODEL_REFUSED
+        assert "Does not match format" in (job.detail or "")
 
     async def test_rate_limiting_waits_as_long_as_retry_after_asks(
         self,
@@ -411,7 +418,8 @@ class TestOpenAIBackend:
         await make_runner("openai").handle(await _queued(storage))
         job = await _job(runtime)
         assert job.status == "failed"
-        assert "safety system" in (job.error or "")
+        assert job.error == FailureReason.MODEL_REFUSED_SAFETY
+        assert "safety system" in (job.detail or "")
 
     async def test_rate_limiting_is_waited_out(
         self,
@@ -511,6 +519,8 @@ class TestWorkerProcess:
             STAGING_BACKEND="replicate",
             STAGING_REPLICATE_API_TOKEN=replicate_api.token,
             STAGING_REPLICATE_API_BASE=replicate_api.base_url,
+            STAGING_REMOTE_OUTPUT_HOSTS="127.0.0.1",
+            STAGING_REMOTE_OUTPUT_REQUIRE_HTTPS="false",
             STAGING_REPLICATE_POLL_INITIAL_SECONDS="0.1",
             STAGING_REPLICATE_POLL_MAX_SECONDS="0.3",
             STAGING_JOB_LEASE_SECONDS="4",

@@ -21,6 +21,7 @@ from sqlalchemy import select, text, update
 
 from contracts.enums import RoomType, Style
 from contracts.events import Envelope, ImageDeleted, ImageQueued, ImageSettle, parse_envelope
+from contracts.reasons import FailureReason
 from servicekit.messaging import EVENTS_EXCHANGE, create_broker, is_infrastructure_error
 from servicekit.outbox import OutboxMessage, apply_once
 from servicekit.runtime import Runtime
@@ -378,7 +379,9 @@ class TestGivingUp:
         await _abandoned(runtime, envelope)
         await runner.give_up(envelope, "TransientBackendError: 503")
         [failed] = await _events(runtime, "image.failed")
-        assert "503" in failed["data"]["reason"]
+        job = await _job(runtime)
+        assert failed["data"]["reason"] == job.error == FailureReason.INTERNAL
+        assert "503" in (job.detail or "")
 
 
 class TestDeletion:
@@ -625,8 +628,8 @@ class TestReconciler:
         job = await _job(runtime)
         [failed] = await _events(runtime, "image.failed")
         assert job.status == "failed"
-        assert failed["data"]["reason"] == job.error
-        assert "did not finish within 1 hours" in (job.error or "")
+        assert failed["data"]["reason"] == job.error == FailureReason.TOOK_TOO_LONG
+        assert "not finished within 1 hours" in (job.detail or "")
 
     async def test_a_deleted_image_job_is_closed_silently(
         self, runtime: Runtime, storage: Storage, make_settings: Callable[..., StagingSettings]

@@ -9,10 +9,19 @@ import httpx
 import pytest
 from PIL import Image
 
+from contracts.reasons import FailureReason
 from servicekit.messaging import PermanentError
 from staging.backends.base import TransientBackendError
 from staging.backends.openai import size_for
-from staging.backends.remote import RemoteLimits, decode_output, jpeg_data_url, retry_after
+from staging.backends.remote import (
+    RefusedOutput,
+    RemoteLimits,
+    decode_output,
+    host_allowed,
+    jpeg_data_url,
+    output_url,
+    retry_after,
+)
 from staging.backends.replicate import _failure, _output_url
 
 
@@ -61,6 +70,7 @@ class TestReplicateReplies:
         error = _failure("p1", {"status": "failed", "error": "NSFW content detected."})
         assert isinstance(error, PermanentError)
         assert "safety filter" in str(error)
+        assert getattr(error, "reason", None) == FailureReason.MODEL_REFUSED_SAFETY
 
     def test_other_failures_are_transient_and_not_resumable(self) -> None:
         error = _failure("p1", {"status": "failed", "error": "CUDA out of memory"})
@@ -75,3 +85,45 @@ class TestReplicateReplies:
     def test_a_missing_output_is_transient(self, output: object) -> None:
         with pytest.raises(TransientBackendError, match="without an output URL"):
             _output_url({"id": "p1", "output": output})
+
+
+class TestOutputUrls:
+    """Which output URLs may be fetched: https, allow-listed hosts, no credentials."""
+
+    @pytest.mark.parametrize(
+        ("host", "allowed"),
+        [
+            ("replicate.delivery", True),
+            ("pbxt.replicate.delivery", True),
+            ("REPLICATE.delivery.", True),
+            ("evilreplicate.delivery", False),
+            ("replicate.delivery.evil.example", False),
+            ("api.replicate.com", False),
+        ],
+    )
+    def test_hosts_match_the_list_exactly_or_as_subdomains(self, host: str, allowed: bool) -> None:
+        assert host_allowed(host, ("replicate.delivery", "*.replicate.delivery")) is allowed
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://replicate.delivery/out.png",
+            "https://attacker.example/out.png",
+            "https://user:pw@replicate.delivery/out.png",
+            "ftp://replicate.delivery/out.png",
+            "https://replicate.delivery.attacker.example/out.png",
+        ],
+    )
+    def test_other_urls_are_refused_with_a_catalogue_reason(self, url: str) -> None:
+        with pytest.raises(RefusedOutput) as refused:
+            output_url(url, RemoteLimits(), source="Replicate")
+        assert refused.value.reason == FailureReason.INTERNAL
+        assert isinstance(refused.value, PermanentError)
+
+    def test_https_on_an_allowed_host_is_fetched(self) -> None:
+        url = output_url("https://pbxt.replicate.delivery/a/b.webp", RemoteLimits(), source="R")
+        assert url.host == "pbxt.replicate.delivery"
+
+    def test_http_only_when_https_is_not_required(self) -> None:
+        limits = RemoteLimits(output_hosts=("127.0.0.1",), output_require_https=False)
+        assert output_url("http://127.0.0.1:9/f.webp", limits, source="R").port == 9

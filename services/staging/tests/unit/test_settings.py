@@ -87,3 +87,24 @@ class TestBackendChoice:
     def test_invalid_choices_say_why(self, backend: str, model: str | None, message: str) -> None:
         with pytest.raises(InvalidChoice, match=message):
             validate_choice(backend, model, build_backends(_settings()))
+
+
+class TestRemoteOutputs:
+    """Where output files may come from."""
+
+    def test_the_allow_list_defaults_to_replicates_delivery_hosts_over_https(self) -> None:
+        settings = _settings()
+        assert settings.remote_output_hosts == ["replicate.delivery", "*.replicate.delivery"]
+        assert settings.remote_output_require_https is True
+
+    def test_the_allow_list_is_read_comma_separated(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("STAGING_REMOTE_OUTPUT_HOSTS", "cdn.example.org, *.files.example.org")
+        assert _settings().remote_output_hosts == ["cdn.example.org", "*.files.example.org"]
+
+    def test_production_refuses_plain_http_downloads(self) -> None:
+        with pytest.raises(ValidationError, match="REMOTE_OUTPUT_REQUIRE_HTTPS"):
+            StagingSettings(
+                environment="production",
+                internal_secret=SECRET,
+                remote_output_require_https=False,
+            )

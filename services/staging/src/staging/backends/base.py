@@ -9,7 +9,9 @@ from typing import Protocol
 from PIL import Image
 
 from contracts.enums import RoomType, Style
+from contracts.reasons import FailureReason
 from servicekit.messaging import PermanentError
+from staging.reasons import Failure
 
 OnSubmitted = Callable[[str], Awaitable[None]]
 """Called with a remote prediction id once it exists; returns after the id is durable."""
@@ -36,20 +38,27 @@ class StageResult:
     prediction_id: str | None = None
 
 
-class TransientBackendError(Exception):
+class TransientBackendError(Failure):
     """A failure a later run may fix; the consumer retries the message with growing delay.
 
     `resumable` says whether the next run may resume the same remote prediction; False when the
     prediction is finished without a usable result (failed, cancelled), so resuming is pointless.
+    The message is the detail; `reason` is what the owner reads if the retries run out.
     """
 
-    def __init__(self, message: str, *, resumable: bool = True) -> None:
-        super().__init__(message)
+    reason = FailureReason.SERVICE_BUSY
+
+    def __init__(
+        self, message: str, *, resumable: bool = True, reason: FailureReason | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
         self.resumable = resumable
 
 
-class BackendRefused(PermanentError):
-    """The backend refused this photo or request for good; the message is written for a person."""
+class BackendRefused(Failure, PermanentError):
+    """The backend refused this photo or request for good; the message is the detail."""
+
+    reason = FailureReason.MODEL_REFUSED
 
 
 class LeaseLost(TransientBackendError):

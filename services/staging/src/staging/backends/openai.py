@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 from PIL import Image
 
+from contracts.reasons import FailureReason
 from staging.backends.base import (
     NO_OP_SUBMITTED,
     BackendRefused,
@@ -148,10 +149,10 @@ class OpenAIBackend:
         if code in (400, 422):
             if _SAFETY.search(detail) or "moderation_blocked" in response.text:
                 raise BackendRefused(
-                    "The AI staging model's safety system rejected this photo, so it cannot be "
-                    "staged. Try a different photo of the room."
+                    f"OpenAI's safety system refused the edit (HTTP {code}): {detail}",
+                    reason=FailureReason.MODEL_REFUSED_SAFETY,
                 )
-            raise BackendRefused(f"The AI staging model refused this photo: {detail}")
+            raise BackendRefused(f"OpenAI refused the edit (HTTP {code}): {detail}")
         if code in (401, 403):
             raise TransientBackendError(
                 f"OpenAI refused our API key (HTTP {code}); check STAGING_OPENAI_API_KEY"

@@ -80,6 +80,8 @@ def limits(settings: StagingSettings) -> RemoteLimits:
         request_timeout_seconds=settings.remote_request_timeout_seconds,
         max_retry_after_seconds=settings.remote_max_retry_after_seconds,
         output_max_pixels=settings.max_input_pixels,
+        output_hosts=tuple(settings.remote_output_hosts),
+        output_require_https=settings.remote_output_require_https,
     )
 
 

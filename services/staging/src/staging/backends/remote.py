@@ -1,10 +1,16 @@
-"""What the remote backends share: bounded photo encoding and downloads, reply parsing."""
+"""What the remote backends share: bounded photo encoding and downloads, reply parsing.
+
+Output files are fetched by a client that carries no credentials, only over https (unless a
+test turns that off) and only from the allow-listed hosts; redirects are followed by hand, so
+every hop is checked before anything is sent to it.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -13,8 +19,17 @@ from typing import Any
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from contracts.reasons import FailureReason
+from servicekit.messaging import PermanentError
 from staging.backends.base import TransientBackendError
 from staging.imaging import to_rgb
+from staging.reasons import Failure
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_HOSTS = ("replicate.delivery", "*.replicate.delivery")
+"""Where Replicate serves prediction outputs."""
+MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,63 @@ class RemoteLimits:
     request_timeout_seconds: float = 30.0
     max_retry_after_seconds: float = 30.0
     output_max_pixels: int = 50_000_000
+    output_hosts: tuple[str, ...] = DEFAULT_OUTPUT_HOSTS
+    output_require_https: bool = True
+
+
+class RefusedOutput(Failure, PermanentError):
+    """A model's output URL points somewhere we do not fetch from: the job fails at once."""
+
+    reason = FailureReason.INTERNAL
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether `host` is on the list (`*.example.com` matches its subdomains only)."""
+    host = host.lower().rstrip(".")
+    for entry in allowed:
+        entry = entry.strip().lower().rstrip(".")
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
+                return True
+        elif entry and host == entry:
+            return True
+    return False
+
+
+def output_url(url: str, limits: RemoteLimits, *, source: str) -> httpx.URL:
+    """The URL of an output file if we may fetch it; RefusedOutput (and a log) otherwise."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise _refuse(f"the {source} output URL {url[:200]!r} is not a valid URL") from exc
+    schemes = ("https",) if limits.output_require_https else ("https", "http")
+    if parsed.scheme not in schemes:
+        raise _refuse(
+            f"the {source} output URL {url[:200]!r} uses {parsed.scheme or 'no scheme'}, "
+            f"not {' or '.join(schemes)}"
+        )
+    if parsed.userinfo:
+        raise _refuse(f"the {source} output URL carries credentials")
+    if not host_allowed(parsed.host, limits.output_hosts):
+        raise _refuse(
+            f"the {source} output URL names host {parsed.host!r}, which is not on the "
+            f"allow-list ({', '.join(limits.output_hosts) or 'empty'})"
+        )
+    return parsed
+
+
+def _refuse(detail: str) -> RefusedOutput:
+    logger.warning("refusing a remote output: %s", detail)
+    return RefusedOutput(detail)
+
+
+def download_client(limits: RemoteLimits) -> httpx.AsyncClient:
+    """A client for output files: no credentials, no proxies from the environment, no redirects."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(limits.request_timeout_seconds, connect=10.0),
+        follow_redirects=False,
+        trust_env=False,
+    )
 
 
 def _fit(photo: Image.Image, max_side: int) -> Image.Image:
@@ -81,30 +153,44 @@ def decode_output(data: bytes, limits: RemoteLimits, *, source: str) -> Image.Im
 async def download(
     client: httpx.AsyncClient, url: str, limits: RemoteLimits, *, source: str
 ) -> bytes:
-    """GET an output file, refusing anything larger than the output bound."""
+    """GET an output file from an allowed host, hop by hop, refusing more than the bound."""
+    if "authorization" in client.headers:
+        raise RuntimeError("output files must be fetched by a client without credentials")
+    target = output_url(url, limits, source=source)
     try:
-        async with client.stream(
-            "GET", url, timeout=limits.request_timeout_seconds, follow_redirects=True
-        ) as response:
-            if response.status_code != 200:
-                raise TransientBackendError(
-                    f"downloading the {source} output failed with HTTP {response.status_code}"
-                )
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.output_max_bytes:
-                raise TransientBackendError(f"the {source} output is too large ({declared} bytes)")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limits.output_max_bytes:
-                    raise TransientBackendError(f"the {source} output is larger than allowed")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        for _ in range(MAX_REDIRECTS + 1):
+            async with client.stream(
+                "GET", target, timeout=limits.request_timeout_seconds, follow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    # Checked before the next request: a redirect off the list sends nothing.
+                    target = output_url(str(target.join(location)), limits, source=source)
+                    continue
+                return await _read_bounded(response, limits, source=source)
     except httpx.HTTPError as exc:
         raise TransientBackendError(
             f"downloading the {source} output failed: {type(exc).__name__}"
         ) from exc
+    raise _refuse(f"the {source} output redirected more than {MAX_REDIRECTS} times")
+
+
+async def _read_bounded(response: httpx.Response, limits: RemoteLimits, *, source: str) -> bytes:
+    if response.status_code != 200:
+        raise TransientBackendError(
+            f"downloading the {source} output failed with HTTP {response.status_code}"
+        )
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.output_max_bytes:
+        raise TransientBackendError(f"the {source} output is too large ({declared} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limits.output_max_bytes:
+            raise TransientBackendError(f"the {source} output is larger than allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def retry_after(response: httpx.Response, *, default: float, cap: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from contracts.reasons import FailureReason
 from staging.backends.base import (
     NO_OP_SUBMITTED,
     BackendRefused,
@@ -33,6 +34,7 @@ from staging.backends.remote import (
     RemoteLimits,
     decode_output,
     download,
+    download_client,
     error_text,
     jpeg_data_url,
     json_object,
@@ -131,10 +133,13 @@ class ReplicateBackend:
             timeout=httpx.Timeout(config.limits.request_timeout_seconds, connect=10.0),
             trust_env=False,
         )
+        # Output files come from another host: the API token must never travel there.
+        self._downloads = download_client(config.limits)
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         await self._client.aclose()
+        await self._downloads.aclose()
 
     async def stage(
         self,
@@ -146,7 +151,10 @@ class ReplicateBackend:
         """Resume the job's prediction if it has one, else create it; wait; fetch the output."""
         model = MODELS.get(request.model or self.config.default_model)
         if model is None:
-            raise BackendRefused(f"The Replicate model {request.model!r} is not supported.")
+            raise BackendRefused(
+                f"the Replicate model {request.model!r} is not supported",
+                reason=FailureReason.INTERNAL,
+            )
         prediction: dict[str, Any] | None = None
         if resume_id is not None:
             try:
@@ -163,7 +171,7 @@ class ReplicateBackend:
         if url.startswith("data:"):
             data = _data_url_bytes(url)
         else:
-            data = await download(self._client, url, self.config.limits, source=SOURCE)
+            data = await download(self._downloads, url, self.config.limits, source=SOURCE)
         photo = await asyncio.to_thread(decode_output, data, self.config.limits, source=SOURCE)
         return StageResult(
             photo=photo, model=model.id, cost_usd=model.price_usd, prediction_id=prediction_id
@@ -260,6 +268,7 @@ class ReplicateBackend:
                     f"Replicate prediction {prediction_id} did not finish within "
                     f"{self.config.timeout_seconds:.0f} s and was cancelled",
                     resumable=False,
+                    reason=FailureReason.TOOK_TOO_LONG,
                 )
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 1.5, self.config.poll_max_seconds)
@@ -290,12 +299,16 @@ class ReplicateBackend:
         detail = error_text(response)
         if code in (400, 422):
             if _SAFETY.search(detail):
-                raise BackendRefused(_SAFETY_REASON)
-            raise BackendRefused(
-                f"The AI staging model refused this photo or request: {detail}".rstrip(": ")
-            )
+                raise BackendRefused(
+                    f"Replicate's safety filter refused the request (HTTP {code}): {detail}",
+                    reason=FailureReason.MODEL_REFUSED_SAFETY,
+                )
+            raise BackendRefused(f"Replicate refused the request (HTTP {code}): {detail}")
         if code == 404:
-            raise BackendRefused(f"The Replicate model is not available ({detail}).")
+            raise BackendRefused(
+                f"the Replicate model is not available while {doing} (HTTP 404): {detail}",
+                reason=FailureReason.SERVICE_BUSY,
+            )
         if code in (401, 403):
             raise TransientBackendError(
                 f"Replicate refused our API token while {doing} (HTTP {code}); check "
@@ -304,20 +317,17 @@ class ReplicateBackend:
         raise TransientBackendError(f"Replicate answered HTTP {code} while {doing}: {detail}")
 
 
-_SAFETY_REASON = (
-    "The AI staging model's safety filter rejected this photo, so it cannot be staged. "
-    "Try a different photo of the room."
-)
-
-
 def _failure(prediction_id: str, prediction: dict[str, Any]) -> Exception:
     """What a failed prediction means for the job: a refusal, or worth another try."""
     error = str(prediction.get("error") or "no reason given")
     if _SAFETY.search(error):
-        return BackendRefused(_SAFETY_REASON)
+        return BackendRefused(
+            f"Replicate prediction {prediction_id} failed its safety filter: {error[:300]}",
+            reason=FailureReason.MODEL_REFUSED_SAFETY,
+        )
     if _BAD_IMAGE.search(error):
         return BackendRefused(
-            "The AI staging model could not use this photo (unsupported or unreadable image)."
+            f"Replicate prediction {prediction_id} could not use the photo: {error[:300]}"
         )
     return TransientBackendError(
         f"Replicate prediction {prediction_id} failed: {error[:300]}", resumable=False
