@@ -193,8 +193,14 @@ class RequestContextMiddleware:
 Check = Callable[["Runtime"], Awaitable[None]]
 
 
-def health_router(extra_checks: Sequence[tuple[str, Check]] = ()) -> APIRouter:
-    """`/healthz` (alive), `/readyz` (database, broker and any extra checks), `/metrics`."""
+def health_router(
+    extra_checks: Sequence[tuple[str, Check]] = (), *, public: bool = False
+) -> APIRouter:
+    """`/healthz` (alive), `/readyz` (database, broker and any extra checks), `/metrics`.
+
+    A `public` service (the one the internet reaches) serves no `/metrics` here and a `/readyz`
+    that names no dependency: which checks failed goes to its log instead.
+    """
     router = APIRouter(include_in_schema=False)
 
     @router.get("/healthz")
@@ -220,15 +226,24 @@ def health_router(extra_checks: Sequence[tuple[str, Check]] = ()) -> APIRouter:
             except Exception as exc:
                 results[name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in results.values())
+        if public:
+            if ready:
+                return JSONResponse({"status": "ready"})
+            logger.warning("not ready: %s", results)
+            return JSONResponse(
+                error_body("not_ready", "The service is not ready.", None), status_code=503
+            )
         if ready:
             return JSONResponse({"status": "ready", "checks": results})
         return JSONResponse(
             error_body("not_ready", "A dependency is unavailable.", results), status_code=503
         )
 
-    @router.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not public:
+
+        @router.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -251,7 +266,12 @@ def create_service_app(
     extra_checks: Sequence[tuple[str, Check]] = (),
     internal: bool = True,
 ) -> FastAPI:
-    """Build a service's FastAPI app; nothing connects until the lifespan starts."""
+    """Build a service's FastAPI app; nothing connects until the lifespan starts.
+
+    `internal=False` is the public door: it serves neither `/metrics` nor readiness details
+    (it exposes its metrics elsewhere, e.g. on a port of its own). No service gets FastAPI's
+    `/docs`, which loads Swagger UI from a CDN: the public door serves its own.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -281,14 +301,14 @@ def create_service_app(
     app = FastAPI(
         title=title,
         lifespan=lifespan,
-        docs_url=None if internal else "/docs",
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 
-    app.include_router(health_router(extra_checks))
+    app.include_router(health_router(extra_checks, public=not internal))
     for router in routers:
         app.include_router(router)
     return app

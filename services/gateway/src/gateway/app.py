@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from wsgiref.simple_server import WSGIServer
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.rabbit import RabbitQueue
+from prometheus_client import start_http_server
 from starlette.middleware.cors import CORSMiddleware
 
 from contracts.identity import REQUEST_ID_HEADER
 from gateway.api import dev_router, proxy_router, router
 from gateway.consumers import bind_live_updates, register_consumers
 from gateway.deps import GatewayClients, admin_user
+from gateway.docs import mount_docs
 from gateway.live import LiveReconciler, close_on_signals
 from gateway.openapi import PublicOpenApi
 from gateway.proxy import is_forwarded, is_public
@@ -40,6 +44,7 @@ class Lifecycle:
         self.openapi: PublicOpenApi | None = None
         self._queue: RabbitQueue | None = None
         self._undo_signals: Callable[[], None] = lambda: None
+        self._metrics: MetricsServer | None = None
 
     def register(self, runtime: Runtime) -> None:
         """Subscribe the consumers (before the broker starts)."""
@@ -47,6 +52,10 @@ class Lifecycle:
 
     async def start(self, runtime: Runtime) -> None:
         """Open clients, then run the background work of this replica."""
+        if self.settings.metrics_port is not None:
+            self._metrics = await MetricsServer.start(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
         await self.clients.start()
         if self._queue is not None:
             runtime.spawn(bind_live_updates(runtime, self.clients.live, self._queue), "sse-bind")
@@ -65,6 +74,8 @@ class Lifecycle:
         self.clients.live.close()
         self._undo_signals()
         await self.clients.stop()
+        if self._metrics is not None:
+            await self._metrics.stop()
 
     async def _maintain(self, runtime: Runtime) -> None:
         """Prune old image events, spent rate-limit windows and expired tickets."""
@@ -87,6 +98,26 @@ class Lifecycle:
             except Exception as exc:
                 logger.warning("pruning failed: %s", type(exc).__name__)
             await asyncio.sleep(s.maintenance_interval_seconds)
+
+
+class MetricsServer:
+    """Prometheus metrics on a port of their own (`GATEWAY_METRICS_PORT`), off the public one."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @classmethod
+    async def start(cls, host: str, port: int) -> MetricsServer:
+        """Listen on `host:port` in a daemon thread (prometheus_client's own server)."""
+        server, thread = await asyncio.to_thread(start_http_server, port, host)
+        logger.info("metrics on http://%s:%d/metrics", host, port)
+        return cls(server, thread)
+
+    async def stop(self) -> None:
+        """Stop listening (waits for the serving loop to notice)."""
+        await asyncio.to_thread(self.server.shutdown)
+        self.server.server_close()
 
 
 WEBAPP = resources.files("gateway") / "webapp"
@@ -148,6 +179,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         internal=False,
     )
     mount_webapp(app, settings)
+    mount_docs(app)
     app.include_router(
         dead_letters_router(dependencies=[Depends(admin_user)]), prefix="/v1/admin/dead-letters"
     )

@@ -77,6 +77,12 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["/v1/billing/webhooks/stripe", "/v1/events/ticket"]
     )
 
+    # The gateway's Prometheus metrics are served on a port of their own, never the public one;
+    # unset, they are not served at all. The host is loopback unless a scraper must reach it
+    # (in Kubernetes `0.0.0.0`, a port the Service does not expose).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # The merged public OpenAPI document.
     openapi_refresh_seconds: float = Field(default=300, gt=0)
     openapi_fetch_timeout_seconds: float = Field(default=5, gt=0)
@@ -119,6 +125,8 @@ class GatewaySettings(ServiceSettings):
     def _auth_is_configured(self) -> GatewaySettings:
         if self.auth0_domain and not self.auth0_audience:
             raise ValueError("GATEWAY_AUTH0_AUDIENCE is required when GATEWAY_AUTH0_DOMAIN is set")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("GATEWAY_METRICS_PORT must differ from GATEWAY_PORT (the public one)")
         ticket = self.stream_ticket_secret
         if ticket is not None and len(ticket.get_secret_value()) < 32:
             raise ValueError("GATEWAY_STREAM_TICKET_SECRET must be at least 32 characters long")
