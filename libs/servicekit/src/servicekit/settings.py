@@ -193,7 +193,9 @@ class ServiceSettings(BaseSettings):
                 continue
             for text in _texts(getattr(self, name)):
                 if found := PLACEHOLDER_PATTERN.search(text):
-                    problems.setdefault(name, f"holds the placeholder {found.group(0)!r}")
+                    # A long run of x's may be the whole value: name only its start.
+                    shown = found.group(0) if len(found.group(0)) <= 12 else found.group(0)[:3]
+                    problems.setdefault(name, f"holds the placeholder {shown!r}")
                     break
         return problems
 
