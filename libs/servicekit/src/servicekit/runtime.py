@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"])
+SHUTDOWN_STEP_SECONDS = 10.0
+"""The longest a shutdown waits for background tasks, and for each connection to close."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 E = TypeVar("E", bound=Event)
@@ -117,13 +119,24 @@ class Runtime:
         self.tasks[-1].set_name(name)
 
     async def close(self) -> None:
-        """Stop consuming, finish in-flight work, then close connections."""
+        """Stop consuming, finish in-flight work, then close connections.
+
+        Every step is bounded, so a background task or a broker that does not answer can delay
+        a shutdown but never hang it (an orchestrator would kill the process anyway).
+        """
         with contextlib.suppress(Exception):
-            await self.broker.stop()
+            await asyncio.wait_for(self.broker.stop(), timeout=SHUTDOWN_STEP_SECONDS * 4)
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.engine.dispose()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_STEP_SECONDS)
+            if pending:
+                logger.warning(
+                    "background tasks did not stop in time: %s",
+                    ", ".join(sorted(t.get_name() for t in pending)),
+                )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.engine.dispose(), timeout=SHUTDOWN_STEP_SECONDS)
 
 
 def get_runtime(request: Request) -> Runtime:
